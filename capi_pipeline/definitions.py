@@ -1,0 +1,37 @@
+"""The Dagster code location: every stage's assets and checks over one DuckDB file."""
+
+from dagster import Definitions, load_asset_checks_from_modules, multiprocess_executor
+from dagster_dbt import DbtCliResource
+
+from capi_pipeline.delivery import assets as delivery
+from capi_pipeline.enrich import assets as enrich
+from capi_pipeline.identity import assets as identity
+from capi_pipeline.ingest import assets as ingest
+from capi_pipeline.lib.tags import WRITER_TAG_KEY
+from capi_pipeline.marts import assets as marts
+from capi_pipeline.monitoring import assets as monitoring
+from capi_pipeline.resources import default_resources
+from capi_pipeline.staging import assets as staging
+
+STAGES = (ingest, staging, identity, enrich, delivery, monitoring)
+
+# DuckDB takes one writing process per file: steps that write run one at a time, whatever the
+# executor's parallelism.
+executor = multiprocess_executor.configured(
+    {"tag_concurrency_limits": [{"key": WRITER_TAG_KEY, "value": "writer", "limit": 1}]}
+)
+
+defs = Definitions(
+    assets=[
+        ingest.raw_events,
+        staging.staging_events,
+        identity.visitor_profiles,
+        enrich.pinterest_events,
+        delivery.delivery_ledger,
+        monitoring.match_rate,
+        marts.dbt_marts,
+    ],
+    asset_checks=load_asset_checks_from_modules(list(STAGES)),
+    resources={**default_resources(), "dbt": DbtCliResource(project_dir=marts.dbt_project)},
+    executor=executor,
+)

@@ -1,0 +1,144 @@
+"""Sending a partition's pending events in batches, and what became of each event.
+
+The sender turns Pinterest's answers into outcomes: `delivered` when Pinterest reports an
+event processed, `dead_letter` when Pinterest refused it for a reason that retrying cannot
+change, `pending` when the retry budget ran out on a failure that can pass. A whole batch
+refused with 400 is split in halves until the events at fault are alone, so one bad event
+does not sink a thousand good ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from capi_pipeline.pinterest.client import Attempt, ConversionsClient
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one event in one request."""
+
+    event_id: str
+    outcome: str
+    attempts: int
+    request_id: str | None
+    error_message: str | None
+    warning_message: str | None
+
+
+@dataclass(frozen=True)
+class BatchDone:
+    """A batch's attempts and outcomes, ready for the ledger."""
+
+    batch_no: int
+    attempts: list[Attempt]
+    outcomes: list[Outcome]
+
+
+async def send_batches(
+    client: ConversionsClient,
+    events: list[tuple[str, bytes]],
+    batch_size: int,
+    max_concurrency: int,
+    on_batch: Callable[[BatchDone], None],
+    log: Callable[[str], None],
+    progress_every: float = 5.0,
+) -> None:
+    """Send every event, at most `max_concurrency` requests at once, reporting each batch."""
+    batches = [events[start:start + batch_size] for start in range(0, len(events), batch_size)]
+    semaphore = asyncio.Semaphore(max_concurrency)
+    started = last_report = time.monotonic()
+    done_events = 0
+
+    async def run(batch_no: int, batch: list[tuple[str, bytes]]) -> None:
+        nonlocal done_events, last_report
+        async with semaphore:
+            attempts: list[Attempt] = []
+            outcomes = await _send_splitting(client, batch, attempts)
+        on_batch(BatchDone(batch_no, attempts, outcomes))
+        done_events += len(batch)
+        now = time.monotonic()
+        if now - last_report >= progress_every:
+            last_report = now
+            rate = done_events / max(now - started, 1e-9)
+            log(f"sent {done_events}/{len(events)} events ({rate:,.0f} events/s), "
+                f"{len(events) - done_events} left")
+
+    tasks = [asyncio.create_task(run(number, batch)) for number, batch in enumerate(batches, 1)]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+async def _send_splitting(
+    client: ConversionsClient, batch: list[tuple[str, bytes]], attempts: list[Attempt]
+) -> list[Outcome]:
+    response = await client.send([payload for _, payload in batch])
+    attempts.extend(response.attempts)
+    tries = len(response.attempts)
+    request_id = response.request_id
+
+    if response.status_code == 200 and response.body is not None:
+        return _per_event(batch, response.body, tries, request_id)
+    if response.status_code in (400, 413) and len(batch) > 1:
+        middle = len(batch) // 2
+        first = await _send_splitting(client, batch[:middle], attempts)
+        second = await _send_splitting(client, batch[middle:], attempts)
+        return first + second
+    final = response.status_code is not None and response.status_code < 500 and (
+        response.status_code != 429
+    )
+    outcome = "dead_letter" if final else "pending"
+    return [Outcome(event_id, outcome, tries, request_id, response.error, None)
+            for event_id, _ in batch]
+
+
+def _per_event(
+    batch: list[tuple[str, bytes]], body: dict, tries: int, request_id: str | None
+) -> list[Outcome]:
+    results = body.get("events")
+    if not isinstance(results, list) or len(results) != len(batch):
+        # Pinterest answered 200 without one result per event: without it nothing can be
+        # called delivered, so the events wait for the next run.
+        message = "200 without one result per event"
+        return [Outcome(event_id, "pending", tries, request_id, message, None)
+                for event_id, _ in batch]
+    outcomes = []
+    for (event_id, _), result in zip(batch, results, strict=True):
+        result = result if isinstance(result, dict) else {}
+        processed = result.get("status") == "processed"
+        outcomes.append(Outcome(
+            event_id=event_id,
+            outcome="delivered" if processed else "dead_letter",
+            attempts=tries,
+            request_id=request_id,
+            error_message=None if processed else str(result.get("error_message"))[:500],
+            warning_message=(str(result["warning_message"])[:500]
+                             if result.get("warning_message") else None),
+        ))
+    return outcomes
+
+
+def write_dry_run(
+    folder: Path, partition: str, events: list[tuple[str, bytes]], batch_size: int
+) -> list[BatchDone]:
+    """Write the request bodies that would be sent, one JSON file per batch."""
+    target = folder / partition
+    target.mkdir(parents=True, exist_ok=True)
+    done = []
+    for number, start in enumerate(range(0, len(events), batch_size), 1):
+        batch = events[start:start + batch_size]
+        path = target / f"batch-{number:05d}.json"
+        path.write_bytes(b'{"data":[' + b",".join(payload for _, payload in batch) + b"]}")
+        done.append(BatchDone(number, [], [
+            Outcome(event_id, "dry_run", 0, None, None, None) for event_id, _ in batch
+        ]))
+    return done

@@ -1,0 +1,161 @@
+"""Ingest: the landing folder's lines into raw.events and raw.rejected_lines."""
+
+
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+import polars as pl
+from dagster import AssetExecutionContext, AssetSpec, MaterializeResult, MetadataValue, multi_asset
+
+from capi_pipeline.ingest.landing import UnreadableFile, landing_files, read_lines
+from capi_pipeline.ingest.parse import Message, Rejected, parse_line
+from capi_pipeline.lib.duck import replace_partition
+from capi_pipeline.lib.tags import WRITER
+from capi_pipeline.partitions import daily_partitions, partition_day
+from capi_pipeline.resources import PipelineSettings, WarehouseResource
+
+RAW_EVENTS = ["raw", "events"]
+RAW_REJECTED = ["raw", "rejected_lines"]
+
+RAW_SCHEMA = {
+    "partition_date": pl.Date,
+    "source_file": pl.String,
+    "line_no": pl.Int32,
+    "msg_index": pl.Int32,
+    "source_format": pl.String,
+    "topic": pl.String,
+    "source_event_name": pl.String,
+    "source_event_id": pl.String,
+    "event_time": pl.Datetime("us", "UTC"),
+    "received_at": pl.Datetime("us", "UTC"),
+    "envelope_ip": pl.String,
+    "envelope_user_agent": pl.String,
+    "time_flags": pl.List(pl.String),
+    "body": pl.String,
+}
+REJECTED_SCHEMA = {
+    "partition_date": pl.Date,
+    "source_file": pl.String,
+    "line_no": pl.Int32,
+    "reason": pl.String,
+    "detail": pl.String,
+    "byte_length": pl.Int32,
+    "first_bytes": pl.String,
+}
+
+
+@multi_asset(
+    specs=[
+        AssetSpec(
+            RAW_EVENTS,
+            description=(
+                "Every event the store's collectors landed, one row per message as it arrived "
+                "(body kept as JSON), for the UTC day the event happened."
+            ),
+            group_name="ingest",
+            kinds={"duckdb"},
+        ),
+        AssetSpec(
+            RAW_REJECTED,
+            description=(
+                "Landed lines that could not become events, with the reason and their first "
+                "bytes. raw.events plus this table accounts for every line read."
+            ),
+            group_name="ingest",
+            kinds={"duckdb"},
+        ),
+    ],
+    partitions_def=daily_partitions,
+    op_tags=WRITER,
+)
+def raw_events(
+    context: AssetExecutionContext, duckdb: WarehouseResource, settings: PipelineSettings
+):
+    """Read every landing file and keep the lines whose event falls on this partition's day."""
+    day = partition_day(context.partition_key)
+    now = datetime.now(UTC)
+    skew = timedelta(seconds=settings.max_future_skew_seconds)
+    accepted: list[dict] = []
+    rejected: list[dict] = []
+    files = landing_files(Path(settings.landing_dir))
+
+    for landed in files:
+        try:
+            lines = list(read_lines(landed))
+        except UnreadableFile as error:
+            if landed.landed_on == day:
+                rejected.append(_rejection(day, landed.name, 0, Rejected(
+                    "unreadable_file", str(error)[:200], landed.path.stat().st_size, "")))
+            continue
+        for line_no, raw in lines:
+            for result in parse_line(raw, now, skew):
+                if isinstance(result, Message):
+                    if result.event_time.date() == day:
+                        accepted.append(_row(day, landed.name, line_no, result))
+                elif (result.event_time.date() if result.event_time else landed.landed_on) == day:
+                    rejected.append(_rejection(day, landed.name, line_no, result))
+
+    events = pl.DataFrame(accepted, schema=RAW_SCHEMA, orient="row")
+    rejections = pl.DataFrame(rejected, schema=REJECTED_SCHEMA, orient="row")
+    with duckdb.get_connection() as conn:
+        replace_partition(conn, "raw.events", day, events)
+        replace_partition(conn, "raw.rejected_lines", day, rejections)
+
+    reasons = Counter(row["reason"] for row in rejected)
+    formats = Counter(row["source_format"] for row in accepted)
+    context.log.info(
+        f"partition {day}: {len(files)} files, {len(accepted)} messages accepted, "
+        f"{len(rejected)} lines rejected {dict(reasons)}"
+    )
+    common = {"files_scanned": len(files)}
+    yield MaterializeResult(
+        asset_key=RAW_EVENTS,
+        metadata={
+            **common,
+            "dagster/row_count": len(accepted),
+            "accepted": len(accepted),
+            **{f"format_{name}": count for name, count in sorted(formats.items())},
+        },
+    )
+    yield MaterializeResult(
+        asset_key=RAW_REJECTED,
+        metadata={
+            **common,
+            "dagster/row_count": len(rejected),
+            "rejected": len(rejected),
+            "by_reason": MetadataValue.json(dict(sorted(reasons.items()))),
+        },
+    )
+
+
+def _row(day, source_file: str, line_no: int, message: Message) -> dict:
+    return {
+        "partition_date": day,
+        "source_file": source_file,
+        "line_no": line_no,
+        "msg_index": message.msg_index,
+        "source_format": message.source_format,
+        "topic": message.topic,
+        "source_event_name": message.source_event_name,
+        "source_event_id": message.source_event_id,
+        "event_time": message.event_time,
+        "received_at": message.received_at,
+        "envelope_ip": message.envelope_ip,
+        "envelope_user_agent": message.envelope_user_agent,
+        "time_flags": list(message.time_flags),
+        "body": orjson.dumps(message.body).decode(),
+    }
+
+
+def _rejection(day, source_file: str, line_no: int, rejected: Rejected) -> dict:
+    return {
+        "partition_date": day,
+        "source_file": source_file,
+        "line_no": line_no,
+        "reason": rejected.reason,
+        "detail": rejected.detail,
+        "byte_length": rejected.byte_length,
+        "first_bytes": rejected.first_bytes,
+    }

@@ -1,0 +1,70 @@
+"""Reading the landing folder: which files hold events, and their lines as bytes."""
+
+from __future__ import annotations
+
+import gzip
+import re
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+SUFFIXES = (".ndjson", ".jsonl", ".ndjson.gz", ".jsonl.gz")
+_DATE_IN_PATH = re.compile(r"(\d{4}-\d{2}-\d{2})")
+
+
+@dataclass(frozen=True)
+class LandedFile:
+    """A landing file, named relative to the landing folder so the name survives a move."""
+
+    path: Path
+    name: str
+
+    @property
+    def landed_on(self) -> date:
+        """The day a file belongs to when a line has no time of its own.
+
+        Collectors write one folder (or file name) per day, so a date in the path is the best
+        guess; otherwise the file's modification day in UTC.
+        """
+        for match in reversed(_DATE_IN_PATH.findall(self.name)):
+            try:
+                return date.fromisoformat(match)
+            except ValueError:
+                continue
+        return datetime.fromtimestamp(self.path.stat().st_mtime, tz=UTC).date()
+
+
+class UnreadableFile(Exception):
+    """A file whose bytes cannot be read to the end, such as a truncated gzip."""
+
+
+def landing_files(landing_dir: Path) -> list[LandedFile]:
+    """Every event file under the landing folder, in a stable order."""
+    if not landing_dir.is_dir():
+        return []
+    files = [
+        path for path in landing_dir.rglob("*")
+        if path.is_file() and path.name.endswith(SUFFIXES)
+    ]
+    return [LandedFile(path, path.relative_to(landing_dir).as_posix()) for path in sorted(files)]
+
+
+def read_lines(landed: LandedFile) -> Iterator[tuple[int, bytes]]:
+    """(line number from 1, bytes without the line ending) for every line of a file.
+
+    The whole file is read before the first line is given, so that a file that breaks
+    part-way yields nothing rather than half its rows.
+    """
+    try:
+        data = landed.path.read_bytes()
+        if landed.name.endswith(".gz"):
+            data = gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as error:
+        raise UnreadableFile(f"{type(error).__name__}: {error}") from error
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    for number, line in enumerate(lines, start=1):
+        yield number, line[:-1] if line.endswith(b"\r") else line

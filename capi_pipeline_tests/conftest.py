@@ -1,0 +1,68 @@
+"""Shared fixtures: the pipeline's real assets on a temporary DuckDB file, and the emulator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pytest
+from dagster import materialize
+
+from capi_pipeline import definitions
+from capi_pipeline.pinterest.emulator import EmulatorProcess
+from capi_pipeline.resources import PinterestResource, PipelineSettings, WarehouseResource
+
+TOKEN = "test-token-7f3a9c"
+AD_ACCOUNT = "549755813599"
+
+
+class Pipeline:
+    """The real assets over one DuckDB file and landing folder, sending to an emulator."""
+
+    def __init__(self, folder: Path, base_url: str, **settings) -> None:
+        self.database = folder / "warehouse.duckdb"
+        self.landing = folder / "landing"
+        self.landing.mkdir(parents=True, exist_ok=True)
+        self.base_url = base_url
+        self.settings = settings
+
+    def resources(self, **pinterest) -> dict[str, object]:
+        return {
+            "duckdb": WarehouseResource(database=str(self.database)),
+            "settings": PipelineSettings(landing_dir=str(self.landing), **self.settings),
+            "pinterest": PinterestResource(
+                base_url=self.base_url, ad_account_id=AD_ACCOUNT, access_token=TOKEN,
+                **pinterest,
+            ),
+            "dbt": definitions.defs.resources["dbt"],
+        }
+
+    def run(self, partition: str, selection: str | None = None, **pinterest):
+        """Materialize the selection (all assets by default) for one partition."""
+        return materialize(
+            list(definitions.defs.assets),
+            partition_key=partition,
+            resources=self.resources(**pinterest),
+            selection=selection,
+            raise_on_error=False,
+        )
+
+    def query(self, sql: str, *params) -> list[tuple]:
+        with duckdb.connect(str(self.database), read_only=True) as conn:
+            return conn.execute(sql, list(params)).fetchall()
+
+    def scalar(self, sql: str, *params):
+        return self.query(sql, *params)[0][0]
+
+
+@pytest.fixture(scope="session")
+def emulator():
+    """One Pinterest emulator process on a free loopback port for the whole session."""
+    with EmulatorProcess(token=TOKEN, ad_account_ids=(AD_ACCOUNT,)) as process:
+        yield process
+
+
+@pytest.fixture
+def pipeline(tmp_path, emulator) -> Pipeline:
+    emulator.reset()
+    return Pipeline(tmp_path, emulator.base_url)
