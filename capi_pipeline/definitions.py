@@ -1,13 +1,12 @@
 """The Dagster code location: every stage's assets and checks over one DuckDB file."""
 
-from dagster import Definitions, load_asset_checks_from_modules, multiprocess_executor
+from dagster import Definitions, in_process_executor, load_asset_checks_from_modules
 from dagster_dbt import DbtCliResource
 
 from capi_pipeline.delivery import assets as delivery
 from capi_pipeline.enrich import assets as enrich
 from capi_pipeline.identity import assets as identity
 from capi_pipeline.ingest import assets as ingest
-from capi_pipeline.lib.tags import WRITER_TAG_KEY
 from capi_pipeline.marts import assets as marts
 from capi_pipeline.monitoring import assets as monitoring
 from capi_pipeline.resources import default_resources
@@ -15,11 +14,11 @@ from capi_pipeline.staging import assets as staging
 
 STAGES = (ingest, staging, identity, enrich, delivery, monitoring)
 
-# DuckDB takes one writing process per file: steps that write run one at a time, whatever the
-# executor's parallelism.
-executor = multiprocess_executor.configured(
-    {"tag_concurrency_limits": [{"key": WRITER_TAG_KEY, "value": "writer", "limit": 1}]}
-)
+# A run executes its steps in one process. DuckDB takes one writing process per file and the
+# stages form a chain, so step processes would add nothing but their start-up (about ten
+# seconds of imports each). Runs of different partitions are separate processes; their
+# writers wait for the file through WarehouseResource's connection retries.
+executor = in_process_executor
 
 defs = Definitions(
     assets=[

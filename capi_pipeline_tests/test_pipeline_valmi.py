@@ -13,8 +13,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from capi_pipeline_tests.fixtures import EPIK, MISSING_SHARED, SAM_EMAIL, SHARED, VALMI
-from capi_pipeline_tests.fixtures import write_valmi_landing
+from capi_pipeline_tests.fixtures import (
+    EPIK,
+    MISSING_SHARED,
+    SAM_EMAIL,
+    SHARED,
+    VALMI,
+    write_valmi_landing,
+)
 
 pytestmark = pytest.mark.skipif(not VALMI.exists(), reason=MISSING_SHARED)
 
