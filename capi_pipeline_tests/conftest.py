@@ -6,7 +6,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from dagster import materialize
+from dagster import AssetSelection, materialize
 
 from capi_pipeline import definitions
 from capi_pipeline.pinterest.emulator import EmulatorProcess
@@ -37,8 +37,15 @@ class Pipeline:
             "dbt": definitions.defs.resources["dbt"],
         }
 
-    def run(self, partition: str, selection: str | None = None, **pinterest):
-        """Materialize the selection (all assets by default) for one partition."""
+    def run(self, partition: str, selection=None, marts: bool = False, **pinterest):
+        """Materialize a selection for one partition: every asset but the dbt marts by default.
+
+        The marts cost a dbt start-up (about ten seconds) and have tests of their own.
+        """
+        if selection is None:
+            selection = AssetSelection.all()
+            if not marts:
+                selection = selection - AssetSelection.groups("marts")
         return materialize(
             list(definitions.defs.assets),
             partition_key=partition,

@@ -208,3 +208,33 @@ def test_p11_client_ip_is_the_first_public_address_without_port(sent):
 
 def test_p12_epoch_milliseconds_become_whole_seconds(sent):
     assert sent["events"]["p12-order"]["event_time"] == int(NOON.timestamp())
+
+
+@pytest.mark.parametrize("order", ["in_day_order", "later_day_first"])
+def test_order_reported_either_side_of_midnight_is_sent_once(tmp_path, emulator, order):
+    from capi_pipeline_tests.conftest import Pipeline
+
+    emulator.reset()
+    pipeline = Pipeline(tmp_path, emulator.base_url)
+    first_day = DAY - timedelta(days=1)
+    midnight = datetime(DAY.year, DAY.month, DAY.day, tzinfo=UTC)
+    webhook = {"received_at": iso(midnight + timedelta(seconds=12)), "topic": "orders/create",
+               "body": {"id": 8008, "order_number": 1008, "email": "p8008@example.com",
+                        "processed_at": (midnight + timedelta(seconds=10)).isoformat(),
+                        "browser_ip": "203.0.113.80", "subtotal_price": "15.00",
+                        "currency": "USD", "line_items": []}}
+    purchase = pixel("checkout_completed", "order-8008-pixel", "client-8008",
+                     midnight - timedelta(seconds=10), "https://shop.example.com/thank_you",
+                     checkout("p8008@example.com", "8008", 15, 16, "tok-8008"))
+    (pipeline.landing / "events.ndjson").write_text(
+        json.dumps(purchase) + "\n" + json.dumps(webhook) + "\n")
+
+    days = [first_day, DAY] if order == "in_day_order" else [DAY, first_day]
+    for partition in days:
+        assert pipeline.run(str(partition)).success
+    sent_ids = [event["event_id"] for body in emulator.bodies() for event in body["data"]]
+    expected = "order-8008-pixel" if order == "in_day_order" else "order-8008-create"
+    assert sent_ids == [expected]
+    skipped = pipeline.query(
+        "SELECT event_id FROM capi.pinterest_events WHERE skip_reason = 'duplicate_order'")
+    assert len(skipped) == 1 and skipped[0][0] != expected

@@ -36,7 +36,7 @@ def run(tmp_path_factory, emulator):
     day = datetime.now(UTC).date() - timedelta(days=1)
     pipeline = Pipeline(tmp_path_factory.mktemp("valmi"), emulator.base_url)
     landed = write_valmi_landing(pipeline.landing, day)
-    result = pipeline.run(str(day))
+    result = pipeline.run(str(day), marts=True)
     assert result.success, [e.message for e in result.all_events if e.is_failure]
     return {"pipeline": pipeline, "day": day, "landed": landed,
             "stats": emulator.stats(), "bodies": emulator.bodies(), "emulator": emulator}

@@ -39,8 +39,25 @@ clicks AS (
     FROM staging.events s
     JOIN identity.event_visitors v USING (event_key)
     WHERE s.click_id IS NOT NULL
+),
+-- An order reported on two days (a pixel before midnight, its webhook after) is still one
+-- purchase: the report already delivered wins, else the browser's, else the earliest.
+order_reports AS (
+    SELECT s.order_id, s.event_id, s.source_format, s.event_time,
+           EXISTS (SELECT 1 FROM delivery.event_outcomes o
+                   WHERE o.event_id = s.event_id AND o.outcome = 'delivered') AS delivered
+    FROM staging.events s
+    WHERE s.event_type = 'purchase' AND s.duplicate_of IS NULL
+      AND s.order_id IN (SELECT order_id FROM day WHERE event_type = 'purchase')
+),
+order_winners AS (
+    SELECT order_id,
+           arg_min(event_id, (NOT delivered, source_format <> 'shopify_pixel', event_time))
+               AS winner_event_id
+    FROM order_reports
+    GROUP BY order_id
 )
-SELECT d.*,
+SELECT d.*, w.winner_event_id AS order_winner_event_id,
        p.email AS profile_email, p.phone AS profile_phone,
        p.first_name AS profile_first_name, p.last_name AS profile_last_name,
        p.city AS profile_city, p.state AS profile_state, p.zip AS profile_zip,
@@ -49,6 +66,7 @@ SELECT d.*,
        c.click_id AS profile_click_id, c.click_time AS profile_click_time
 FROM day d
 LEFT JOIN identity.visitor_profiles p ON p.visitor_id = d.visitor_id
+LEFT JOIN order_winners w ON d.event_type = 'purchase' AND w.order_id = d.order_id
 ASOF LEFT JOIN clicks c ON c.visitor_id = d.visitor_id AND d.event_time >= c.click_time
 ORDER BY d.event_time, d.event_id
 """

@@ -16,7 +16,9 @@ from typing import Any
 from capi_pipeline.enrich.normalize import hash_field
 
 # The pipeline's event types and the Pinterest events they become. Types not listed here
-# (cart views, checkout steps, identify calls...) are never sent under any name.
+# (cart views, checkout steps, identify calls...) are never sent under any name. Shopify fires
+# page_viewed and product_viewed on a product page, so both reach Pinterest as page_visit with
+# their own event ids; making this a per-store setting is the way to send only one.
 PINTEREST_EVENTS = {
     "page_view": "page_visit",
     "product_view": "page_visit",
@@ -123,6 +125,9 @@ def _skip_reason(row: dict[str, Any], user_data: dict[str, Any], rules: EnrichRu
         return "bot"
     if row["is_test"]:
         return "test_order" if row["event_type"] == "purchase" else "test_traffic"
+    winner = row.get("order_winner_event_id")
+    if winner is not None and winner != row["event_id"]:
+        return "duplicate_order"
     if row["event_time"] < rules.now - rules.max_event_age:
         return "too_old"
     if row["event_time"] > rules.now + rules.max_future_skew:

@@ -89,7 +89,13 @@ def register_functions(conn: duckdb.DuckDBPyConnection, rules: GraphRules) -> No
 
 
 def build_identity(conn: duckdb.DuckDBPyConnection, rules: GraphRules) -> dict[str, int]:
-    """Rebuild every identity table from all of staging; returns counts for metadata."""
+    """Rebuild every identity table from all of staging; returns counts for metadata.
+
+    The rebuild rereads all staged history each run. That is simple and keeps visitor ids
+    stable (a component's id is the hash of its smallest identifier), but its cost grows with
+    history; an incremental version would start from the stored labels and only the day's
+    new edges.
+    """
     register_functions(conn, rules)
     conn.execute(EVENT_NODES_SQL)
     conn.execute(HUBS_SQL, [rules.hub_max_clients, rules.hub_max_people_per_client])

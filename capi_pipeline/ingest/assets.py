@@ -73,7 +73,13 @@ REJECTED_SCHEMA = {
 def raw_events(
     context: AssetExecutionContext, duckdb: WarehouseResource, settings: PipelineSettings
 ):
-    """Read every landing file and keep the lines whose event falls on this partition's day."""
+    """Read every landing file and keep the lines whose event falls on this partition's day.
+
+    Each run rereads the whole landing folder, which keeps late lines for an old day from
+    being missed but costs a scan of every file per partition. A manifest of landed files
+    (path, size, content hash) would let a run read only what is new; until it exists, keep
+    the landing folder to the days still being processed.
+    """
     day = partition_day(context.partition_key)
     now = datetime.now(UTC)
     skew = timedelta(seconds=settings.max_future_skew_seconds)

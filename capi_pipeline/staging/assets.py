@@ -136,6 +136,8 @@ def mark_duplicates(rows: list[dict[str, Any]]) -> int:
     The same event id twice is one event (the first arrival wins). One order reported by
     several sources (pixel, webhook, Segment) is one purchase: the browser's report wins, so
     that Pinterest can pair it with the tag's event, and it takes what it lacks from the others.
+    Only reports on the same UTC day are merged here; enrich skips a report of an order that
+    another day already holds (reason duplicate_order).
     """
     seen: set[str] = set()
     count = 0
