@@ -1003,7 +1003,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = parse_command_line(argv)
     logging.basicConfig(stream=sys.stderr, level=command.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    sock = _bind(command.host, command.port)
+    try:
+        sock = _bind(command.host, command.port)
+    except OSError as error:
+        print(f"emulator: cannot listen on {command.host}:{command.port} ({error.strerror}); "
+              "choose another --port, or --port 0 for a free one", file=sys.stderr)
+        return 2
     url = _base_url(command.host, sock.getsockname()[1])
 
     def announce() -> None:
