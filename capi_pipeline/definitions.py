@@ -4,6 +4,7 @@ from dagster import Definitions, in_process_executor, load_asset_checks_from_mod
 from dagster_dbt import DbtCliResource
 
 from capi_pipeline.delivery import assets as delivery
+from capi_pipeline.delivery.jobs import replay_dead_letters_job
 from capi_pipeline.enrich import assets as enrich
 from capi_pipeline.identity import assets as identity
 from capi_pipeline.ingest import assets as ingest
@@ -31,6 +32,7 @@ defs = Definitions(
         marts.dbt_marts,
     ],
     asset_checks=load_asset_checks_from_modules(list(STAGES)),
+    jobs=[replay_dead_letters_job],
     resources={**default_resources(), "dbt": DbtCliResource(project_dir=marts.dbt_project)},
     executor=executor,
 )

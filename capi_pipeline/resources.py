@@ -8,12 +8,19 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 from dagster import ConfigurableResource, EnvVar
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
+from capi_pipeline.delivery.destinations import (
+    CATCH_ALL,
+    Destination,
+    DestinationsError,
+    load_destinations,
+)
 from capi_pipeline.lib.duck import ensure_schema
 
 DEFAULT_API_BASE_URL = "https://api.pinterest.com"
@@ -79,27 +86,50 @@ class PipelineSettings(ConfigurableResource):
 
 
 class PinterestResource(ConfigurableResource):
-    """Pinterest's Conversions API for one ad account, or the emulator standing in for it."""
+    """Pinterest's Conversions API: one ad account, or one per store from a destinations file.
+
+    The emulator stands in for Pinterest through `base_url`; nothing else changes.
+    """
 
     base_url: str = Field(default=DEFAULT_API_BASE_URL)
-    ad_account_id: str
-    access_token: str
+    ad_account_id: str | None = Field(default=None, description="Digits; unused with a file.")
+    access_token: str | None = Field(default=None, description="Conversion access token.")
+    destinations_file: str | None = Field(
+        default=None, description="TOML file routing stores to ad accounts (see README)."
+    )
     test_mode: bool = Field(default=False, description="Send ?test=true: Pinterest records none.")
     dry_run_dir: str | None = Field(
         default=None, description="Write request bodies to this folder instead of sending."
+    )
+    resend: bool = Field(
+        default=False, description="Send events again even when they already have an outcome."
     )
     batch_size: int = Field(default=1000, ge=1, le=1000)
     max_concurrency: int = Field(default=4, ge=1)
     calls_per_minute: int = Field(default=5000, ge=1)
     timeout_seconds: float = Field(default=30.0)
     max_attempts: int = Field(default=5, ge=1)
+    page_size: int = Field(
+        default=20_000, ge=1, description="Events read from DuckDB at a time while sending."
+    )
 
-    @property
-    def destination(self) -> str:
-        """The ledger's name for where events go; test traffic has its own ledger."""
-        suffix = ":test" if self.test_mode else ""
-        suffix = ":dry_run" if self.dry_run_dir else suffix
-        return f"pinterest:{self.ad_account_id}{suffix}"
+    def destinations(self) -> list[Destination]:
+        """Every destination events may go to, each with its ledger name."""
+        if self.destinations_file:
+            found = load_destinations(Path(self.destinations_file), self.base_url, self.test_mode)
+        else:
+            if not self.ad_account_id:
+                raise DestinationsError(
+                    "set PINTEREST_AD_ACCOUNT_ID (or CAPI_DESTINATIONS_FILE) to send events"
+                )
+            found = [Destination(
+                name=f"pinterest:{self.ad_account_id}", base_url=self.base_url,
+                ad_account_id=self.ad_account_id, token_env="PINTEREST_ACCESS_TOKEN",
+                stores=(CATCH_ALL,), test_mode=self.test_mode, access_token=self.access_token,
+            )]
+        if self.dry_run_dir:
+            found = [replace(d, name=f"{d.name}:dry_run", test_mode=False) for d in found]
+        return found
 
 
 def _env(name: str, default: str) -> str:
@@ -118,11 +148,26 @@ def default_resources() -> dict[str, object]:
             landing_dir=_env("CAPI_LANDING_DIR", "data/landing"),
             default_region=_env("CAPI_DEFAULT_REGION", "US"),
         ),
-        "pinterest": PinterestResource(
-            base_url=_env("PINTEREST_API_BASE_URL", DEFAULT_API_BASE_URL),
-            ad_account_id=EnvVar("PINTEREST_AD_ACCOUNT_ID"),
-            access_token=EnvVar("PINTEREST_ACCESS_TOKEN"),
-            test_mode=_env_flag("PINTEREST_TEST_MODE"),
-            dry_run_dir=os.environ.get("CAPI_DRY_RUN_DIR") or None,
-        ),
+        "pinterest": _pinterest_from_environment(),
     }
+
+
+def _pinterest_from_environment() -> PinterestResource:
+    destinations_file = os.environ.get("CAPI_DESTINATIONS_FILE") or None
+    # With a destinations file each destination names its own token variable; without one,
+    # the single ad account and token are required, and Dagster says so when they are unset.
+    single = {} if destinations_file else {
+        "ad_account_id": EnvVar("PINTEREST_AD_ACCOUNT_ID"),
+        "access_token": EnvVar("PINTEREST_ACCESS_TOKEN"),
+    }
+    return PinterestResource(
+        base_url=_env("PINTEREST_API_BASE_URL", DEFAULT_API_BASE_URL),
+        destinations_file=destinations_file,
+        test_mode=_env_flag("PINTEREST_TEST_MODE"),
+        dry_run_dir=os.environ.get("CAPI_DRY_RUN_DIR") or None,
+        resend=_env_flag("CAPI_RESEND"),
+        batch_size=int(_env("PINTEREST_BATCH_SIZE", "1000")),
+        max_concurrency=int(_env("PINTEREST_MAX_CONCURRENCY", "4")),
+        calls_per_minute=int(_env("PINTEREST_CALLS_PER_MINUTE", "5000")),
+        **single,
+    )

@@ -1,13 +1,10 @@
 """Delivery: the day's eligible events to Pinterest, with a ledger of every attempt."""
 
 
-import asyncio
 import time
 from collections import Counter
-from datetime import UTC, datetime
 from pathlib import Path
 
-import polars as pl
 from dagster import (
     AssetExecutionContext,
     AssetSpec,
@@ -17,30 +14,20 @@ from dagster import (
     multi_asset,
 )
 
-from capi_pipeline.delivery.sender import BatchDone, send_batches, write_dry_run
-from capi_pipeline.lib.duck import insert_frame
+from capi_pipeline.delivery.destinations import (
+    Destination,
+    DestinationsError,
+    route,
+    stores_for,
+)
+from capi_pipeline.delivery.ledger import DeliveryPlan, DeliveryTotals, deliver
 from capi_pipeline.lib.tags import WRITER
 from capi_pipeline.partitions import daily_partitions, partition_day
-from capi_pipeline.pinterest.client import ConversionsClient, PinterestAuthError
+from capi_pipeline.pinterest.client import PinterestAuthError
 from capi_pipeline.resources import PinterestResource, WarehouseResource
 
 EVENT_OUTCOMES = ["delivery", "event_outcomes"]
 REQUESTS = ["delivery", "requests"]
-FINAL_OUTCOMES = ("delivered", "dead_letter", "dry_run")
-
-PENDING_SQL = """
-SELECT e.event_id, e.payload
-FROM capi.pinterest_events e
-WHERE e.partition_date = $day AND e.eligible
-  AND NOT EXISTS (
-      SELECT 1 FROM delivery.event_status s
-      WHERE s.destination = $destination AND s.event_id = e.event_id
-        AND s.outcome IN (SELECT unnest($final))
-  )
-ORDER BY e.event_time, e.event_id
-"""
-
-
 @multi_asset(
     specs=[
         AssetSpec(
@@ -68,135 +55,109 @@ ORDER BY e.event_time, e.event_id
 def delivery_ledger(
     context: AssetExecutionContext, duckdb: WarehouseResource, pinterest: PinterestResource
 ):
-    """Send the day's eligible events that have no final outcome yet, and record each answer."""
+    """Send each destination the day's eligible events that have no final outcome yet."""
     day = partition_day(context.partition_key)
-    destination = pinterest.destination
+    destinations = _destinations(pinterest)
     with duckdb.get_connection() as conn:
-        pending = conn.execute(
-            PENDING_SQL, {"day": day, "destination": destination, "final": list(FINAL_OUTCOMES)}
-        ).fetchall()
-    events = [(event_id, payload.encode()) for event_id, payload in pending]
-    context.log.info(f"partition {day}: {len(events)} events to send to {destination}")
+        stores = [row[0] for row in conn.execute(
+            "SELECT DISTINCT store FROM capi.pinterest_events WHERE partition_date = ? "
+            "AND eligible", [day]).fetchall()]
 
-    totals: Counter[str] = Counter()
-    requests = 0
-
-    def record(batch: BatchDone) -> None:
-        nonlocal requests
-        _write_batch(duckdb, destination, day, batch)
-        totals.update(outcome.outcome for outcome in batch.outcomes)
-        requests += len(batch.attempts)
-
+    metadata: dict[str, object] = {}
+    summary: dict[str, dict] = {}
     started = time.perf_counter()
-    if pinterest.dry_run_dir:
-        for batch in write_dry_run(Path(pinterest.dry_run_dir), context.partition_key, events,
-                                   pinterest.batch_size):
-            record(batch)
-    elif events:
-        try:
-            asyncio.run(_send(pinterest, events, record, context.log.info))
-        except PinterestAuthError as error:
-            raise Failure(
-                description=(
-                    f"Pinterest refused the credentials ({error}). Set PINTEREST_ACCESS_TOKEN "
-                    "to a conversion access token for ad account PINTEREST_AD_ACCOUNT_ID="
-                    f"{pinterest.ad_account_id}; no event was marked as failed."
-                ),
-                allow_retries=False,
-            ) from None
+    for destination in destinations:
+        plan = plan_for(pinterest, destination, stores_for(destination, stores, destinations),
+                        selection="resend" if pinterest.resend else "due", day=day,
+                        dry_run_partition=context.partition_key)
+        context.log.info(f"partition {day}: sending to {destination.ledger_name}"
+                         + (" (resending everything)" if pinterest.resend else ""))
+        totals = _deliver(context, duckdb, plan)
+        summary[destination.ledger_name] = {"to_send": totals.to_send,
+                                            "requests": totals.requests, **totals.outcomes}
     seconds = time.perf_counter() - started
 
-    context.log.info(
-        f"partition {day}: {dict(totals)} in {requests} requests, {seconds:.1f}s"
-    )
-    if totals["pending"]:
+    unrouted = [store for store in stores if route(store, destinations) is None]
+    if unrouted:
         context.log.warning(
-            f"{totals['pending']} events are still pending after retries; the next run of "
+            f"{len(unrouted)} stores have no destination and were not sent: {unrouted[:10]}; "
+            "add them, or a '*' destination, to the destinations file"
+        )
+    outcomes: Counter[str] = Counter()
+    for figures in summary.values():
+        outcomes.update({key: value for key, value in figures.items()
+                         if key not in ("to_send", "requests")})
+    to_send = sum(figures["to_send"] for figures in summary.values())
+    metadata.update({
+        "destinations": len(destinations),
+        "to_send": to_send,
+        "delivered": outcomes["delivered"],
+        "dead_lettered": outcomes["dead_letter"],
+        "pending": outcomes["pending"],
+        "dry_run": outcomes["dry_run"],
+        "requests": sum(figures["requests"] for figures in summary.values()),
+        "unrouted_stores": len(unrouted),
+        "seconds": round(seconds, 3),
+        "events_per_second": round(to_send / seconds, 1) if seconds > 0 else 0.0,
+        "by_destination": MetadataValue.json(summary),
+    })
+    context.log.info(f"partition {day}: {summary} in {seconds:.1f}s")
+    if outcomes["pending"]:
+        context.log.warning(
+            f"{outcomes['pending']} events are still pending after retries; the next run of "
             f"partition {day} sends them again"
         )
-    metadata = {
-        "destination": destination,
-        "to_send": len(events),
-        "delivered": totals["delivered"],
-        "dead_lettered": totals["dead_letter"],
-        "pending": totals["pending"],
-        "dry_run": totals["dry_run"],
-        "requests": requests,
-        "seconds": round(seconds, 3),
-        "events_per_second": round(len(events) / seconds, 1) if seconds > 0 else 0.0,
-    }
-    yield MaterializeResult(asset_key=EVENT_OUTCOMES, metadata={
-        **metadata, "outcomes": MetadataValue.json(dict(totals))})
-    yield MaterializeResult(asset_key=REQUESTS, metadata={"requests": requests})
+    yield MaterializeResult(asset_key=EVENT_OUTCOMES, metadata=metadata)
+    yield MaterializeResult(asset_key=REQUESTS, metadata={"requests": metadata["requests"]})
 
 
-async def _send(pinterest: PinterestResource, events, record, log) -> None:
-    async with ConversionsClient(
-        pinterest.base_url,
-        pinterest.ad_account_id,
-        pinterest.access_token,
-        test_mode=pinterest.test_mode,
+def plan_for(
+    pinterest: PinterestResource, destination: Destination, stores: list[str], selection: str,
+    day=None, dry_run_partition: str = "all",
+) -> DeliveryPlan:
+    """A delivery plan with the resource's sending settings."""
+    return DeliveryPlan(
+        destination=destination,
+        stores=stores,
+        selection=selection,
+        day=day,
+        page_size=pinterest.page_size,
+        batch_size=pinterest.batch_size,
+        max_concurrency=pinterest.max_concurrency,
+        calls_per_minute=pinterest.calls_per_minute,
         timeout_seconds=pinterest.timeout_seconds,
         max_attempts=pinterest.max_attempts,
-        calls_per_minute=pinterest.calls_per_minute,
-        max_concurrency=pinterest.max_concurrency,
-    ) as client:
-        await send_batches(client, events, pinterest.batch_size, pinterest.max_concurrency,
-                           record, log)
+        dry_run_dir=(Path(pinterest.dry_run_dir) / destination.name.replace(":", "_")
+                     / dry_run_partition) if pinterest.dry_run_dir else None,
+    )
 
 
-def _write_batch(duckdb: WarehouseResource, destination: str, day, batch: BatchDone) -> None:
-    """Append one batch to the ledger at once, so a crash loses at most the batch in flight."""
-    now = datetime.now(UTC)
-    requests = pl.DataFrame(
-        [
-            {
-                "request_id": attempt.request_id,
-                "destination": destination,
-                "partition_date": day,
-                "batch_no": batch.batch_no,
-                "attempt": attempt.attempt,
-                "events": attempt.events,
-                "status_code": attempt.status_code,
-                "latency_ms": attempt.latency_ms,
-                "error": attempt.error,
-                "sent_at": now,
-            }
-            for attempt in batch.attempts
-        ],
-        schema={
-            "request_id": pl.String, "destination": pl.String, "partition_date": pl.Date,
-            "batch_no": pl.Int32, "attempt": pl.Int32, "events": pl.Int32,
-            "status_code": pl.Int32, "latency_ms": pl.Float64, "error": pl.String,
-            "sent_at": pl.Datetime("us", "UTC"),
-        },
-        orient="row",
-    )
-    outcomes = pl.DataFrame(
-        [
-            {
-                "destination": destination,
-                "partition_date": day,
-                "event_id": outcome.event_id,
-                "outcome": outcome.outcome,
-                "attempts": outcome.attempts,
-                "request_id": outcome.request_id,
-                "error_message": outcome.error_message,
-                "warning_message": outcome.warning_message,
-                "recorded_at": now,
-            }
-            for outcome in batch.outcomes
-        ],
-        schema={
-            "destination": pl.String, "partition_date": pl.Date, "event_id": pl.String,
-            "outcome": pl.String, "attempts": pl.Int32, "request_id": pl.String,
-            "error_message": pl.String, "warning_message": pl.String,
-            "recorded_at": pl.Datetime("us", "UTC"),
-        },
-        orient="row",
-    )
-    with duckdb.get_connection() as conn:
-        conn.execute("BEGIN TRANSACTION")
-        insert_frame(conn, "delivery.requests", requests)
-        insert_frame(conn, "delivery.event_outcomes", outcomes)
-        conn.execute("COMMIT")
+def _destinations(pinterest: PinterestResource) -> list[Destination]:
+    try:
+        return pinterest.destinations()
+    except DestinationsError as error:
+        raise Failure(description=str(error), allow_retries=False) from None
+
+
+def _deliver(context, duckdb: WarehouseResource, plan: DeliveryPlan) -> DeliveryTotals:
+    try:
+        return deliver(duckdb, plan, context.log.info)
+    except DestinationsError as error:
+        raise Failure(description=str(error), allow_retries=False) from None
+    except PinterestAuthError as error:
+        destination = plan.destination
+        account = ("PINTEREST_AD_ACCOUNT_ID" if destination.token_env == "PINTEREST_ACCESS_TOKEN"
+                   else f"ad_account_id of destination {destination.name!r}")
+        fix = (
+            f"Set {destination.token_env} to a valid conversion access token"
+            if error.status_code == 401 else
+            f"Check {account}={destination.ad_account_id}: the token's user must own that ad "
+            "account or hold a Business Access role on it"
+        )
+        raise Failure(
+            description=(
+                f"{destination.ledger_name}: Pinterest refused the request ({error}). {fix}. "
+                "No event was marked as failed; the next run sends them."
+            ),
+            allow_retries=False,
+        ) from None

@@ -39,36 +39,58 @@ class BatchDone:
     outcomes: list[Outcome]
 
 
+class Progress:
+    """Counts a person can follow during a long send, logged every few seconds."""
+
+    def __init__(self, total: int, log: Callable[[str], None], every: float = 5.0) -> None:
+        self.total = total
+        self.done = 0
+        self.batches = 0
+        self._log = log
+        self._every = every
+        self._started = self._last = time.monotonic()
+
+    def add(self, events: int) -> None:
+        self.done += events
+        self.batches += 1
+        now = time.monotonic()
+        if now - self._last >= self._every:
+            self._last = now
+            self._log(self.line())
+
+    def line(self) -> str:
+        rate = self.done / max(time.monotonic() - self._started, 1e-9)
+        return (f"{self.batches} batches, {self.done}/{self.total} events sent "
+                f"({rate:,.0f} events/s), {self.total - self.done} left")
+
+
 async def send_batches(
     client: ConversionsClient,
     events: list[tuple[str, bytes]],
     batch_size: int,
     max_concurrency: int,
     on_batch: Callable[[BatchDone], None],
-    log: Callable[[str], None],
-    progress_every: float = 5.0,
-) -> None:
-    """Send every event, at most `max_concurrency` requests at once, reporting each batch."""
+    progress: Progress | Callable[[str], None],
+    first_batch_no: int = 1,
+) -> int:
+    """Send events, at most `max_concurrency` requests at once, reporting each batch.
+
+    Returns the number of batches sent.
+    """
+    if not isinstance(progress, Progress):
+        progress = Progress(len(events), progress)
     batches = [events[start:start + batch_size] for start in range(0, len(events), batch_size)]
     semaphore = asyncio.Semaphore(max_concurrency)
-    started = last_report = time.monotonic()
-    done_events = 0
 
     async def run(batch_no: int, batch: list[tuple[str, bytes]]) -> None:
-        nonlocal done_events, last_report
         async with semaphore:
             attempts: list[Attempt] = []
             outcomes = await _send_splitting(client, batch, attempts)
         on_batch(BatchDone(batch_no, attempts, outcomes))
-        done_events += len(batch)
-        now = time.monotonic()
-        if now - last_report >= progress_every:
-            last_report = now
-            rate = done_events / max(now - started, 1e-9)
-            log(f"sent {done_events}/{len(events)} events ({rate:,.0f} events/s), "
-                f"{len(events) - done_events} left")
+        progress.add(len(batch))
 
-    tasks = [asyncio.create_task(run(number, batch)) for number, batch in enumerate(batches, 1)]
+    tasks = [asyncio.create_task(run(number, batch))
+             for number, batch in enumerate(batches, first_batch_no)]
     try:
         await asyncio.gather(*tasks)
     except BaseException:
@@ -76,6 +98,7 @@ async def send_batches(
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
+    return len(batches)
 
 
 async def _send_splitting(
@@ -128,15 +151,14 @@ def _per_event(
 
 
 def write_dry_run(
-    folder: Path, partition: str, events: list[tuple[str, bytes]], batch_size: int
+    folder: Path, events: list[tuple[str, bytes]], batch_size: int, first_batch_no: int = 1
 ) -> list[BatchDone]:
     """Write the request bodies that would be sent, one JSON file per batch."""
-    target = folder / partition
-    target.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     done = []
-    for number, start in enumerate(range(0, len(events), batch_size), 1):
+    for number, start in enumerate(range(0, len(events), batch_size), first_batch_no):
         batch = events[start:start + batch_size]
-        path = target / f"batch-{number:05d}.json"
+        path = folder / f"batch-{number:05d}.json"
         path.write_bytes(b'{"data":[' + b",".join(payload for _, payload in batch) + b"]}")
         done.append(BatchDone(number, [], [
             Outcome(event_id, "dry_run", 0, None, None, None) for event_id, _ in batch

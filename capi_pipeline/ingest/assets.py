@@ -32,6 +32,7 @@ RAW_SCHEMA = {
     "received_at": pl.Datetime("us", "UTC"),
     "envelope_ip": pl.String,
     "envelope_user_agent": pl.String,
+    "envelope_store": pl.String,
     "time_flags": pl.List(pl.String),
     "body": pl.String,
 }
@@ -150,6 +151,7 @@ def _row(day, source_file: str, line_no: int, message: Message) -> dict:
         "received_at": message.received_at,
         "envelope_ip": message.envelope_ip,
         "envelope_user_agent": message.envelope_user_agent,
+        "envelope_store": message.envelope_store,
         "time_flags": list(message.time_flags),
         "body": orjson.dumps(message.body).decode(),
     }

@@ -33,6 +33,7 @@ class Message:
     received_at: datetime | None
     envelope_ip: str | None
     envelope_user_agent: str | None
+    envelope_store: str | None
     topic: str | None
     time_flags: tuple[str, ...]
     body: dict
@@ -55,6 +56,7 @@ class _Envelope:
     received_at: datetime | None = None
     ip: str | None = None
     user_agent: str | None = None
+    store: str | None = None
     topic: str | None = None
     extra_flags: list[str] = field(default_factory=list)
 
@@ -84,7 +86,9 @@ def parse_line(raw: bytes, now: datetime, max_skew: timedelta) -> list[Message |
         return reject("not_object", f"the line is a JSON {type(value).__name__}")
 
     envelope = _Envelope()
-    if "body" in value and any(key in value for key in ("received_at", "ip", "user_agent")):
+    if "body" in value and any(
+        key in value for key in ("received_at", "ip", "user_agent", "topic", "shop_domain")
+    ):
         envelope, value = _unwrap(value)
         if isinstance(value, Rejected):
             return [Rejected(value.reason, value.detail, len(raw), head)]
@@ -118,6 +122,7 @@ def _unwrap(value: dict) -> tuple[_Envelope, dict | Rejected]:
         ip=clean(value.get("ip")),
         user_agent=clean(value.get("user_agent")),
         topic=clean(value.get("topic")),
+        store=clean(value.get("shop_domain")) or clean(value.get("store")),
     )
     envelope.received_at, flags = parse_timestamp(value.get("received_at"))
     if envelope.received_at is None:
@@ -165,6 +170,7 @@ def _message(
         received_at=envelope.received_at,
         envelope_ip=envelope.ip,
         envelope_user_agent=envelope.user_agent,
+        envelope_store=envelope.store,
         topic=envelope.topic,
         time_flags=tuple(sorted(flags)),
         body=body,

@@ -22,6 +22,7 @@ CREATE TABLE IF NOT EXISTS raw.events (
     received_at TIMESTAMPTZ,
     envelope_ip VARCHAR,
     envelope_user_agent VARCHAR,
+    envelope_store VARCHAR,
     time_flags VARCHAR[],
     body JSON NOT NULL
 );
@@ -48,6 +49,7 @@ CREATE TABLE IF NOT EXISTS staging.events (
     event_time TIMESTAMPTZ NOT NULL,
     received_at TIMESTAMPTZ,
     event_id VARCHAR NOT NULL,
+    store VARCHAR,
     client_id VARCHAR,
     customer_id VARCHAR,
     email VARCHAR,
@@ -145,6 +147,7 @@ CREATE TABLE IF NOT EXISTS capi.pinterest_events (
     action_source VARCHAR NOT NULL,
     event_time BIGINT NOT NULL,
     source_event_type VARCHAR NOT NULL,
+    store VARCHAR,
     visitor_id VARCHAR,
     eligible BOOLEAN NOT NULL,
     skip_reason VARCHAR,

@@ -12,6 +12,7 @@ from dagster import (
     asset_check,
 )
 
+from capi_pipeline.delivery.destinations import stores_for
 from capi_pipeline.lib.tags import WRITER
 from capi_pipeline.partitions import daily_partitions, partition_day
 from capi_pipeline.resources import PinterestResource, WarehouseResource
@@ -36,7 +37,7 @@ WITH events AS (
     FROM capi.pinterest_events e
     LEFT JOIN delivery.event_status s
       ON s.event_id = e.event_id AND s.destination = $destination
-    WHERE e.partition_date = $day
+    WHERE e.partition_date = $day AND coalesce(e.store, '') IN (SELECT unnest($stores))
 ),
 grouped AS (
     SELECT coalesce(event_name, 'all') AS event_name,
@@ -88,25 +89,30 @@ def match_rate(
     carrying an email, phone, customer id or click id) and our weighted match score (0-100).
     """
     day = partition_day(context.partition_key)
-    params = {"day": day, "destination": pinterest.destination}
+    destinations = pinterest.destinations()
     with duckdb.get_connection() as conn:
+        stores = [row[0] for row in conn.execute(
+            "SELECT DISTINCT store FROM capi.pinterest_events WHERE partition_date = ?", [day]
+        ).fetchall()]
         conn.execute("BEGIN TRANSACTION")
-        conn.execute(
-            "DELETE FROM monitoring.match_rate WHERE partition_date = $day "
-            "AND destination = $destination", params,
-        )
-        conn.execute(f"INSERT INTO monitoring.match_rate {MATCH_RATE_SQL}", params)
+        conn.execute("DELETE FROM monitoring.match_rate WHERE partition_date = ?", [day])
+        for destination in destinations:
+            params = {"day": day, "destination": destination.ledger_name,
+                      "stores": stores_for(destination, stores, destinations)}
+            if params["stores"]:
+                conn.execute(f"INSERT INTO monitoring.match_rate {MATCH_RATE_SQL}", params)
         conn.execute("COMMIT")
         cursor = conn.execute(
-            "SELECT * FROM monitoring.match_rate WHERE partition_date = $day "
-            "AND destination = $destination ORDER BY event_name = 'all', event_name", params,
+            "SELECT * FROM monitoring.match_rate WHERE partition_date = ? "
+            "ORDER BY destination, event_name = 'all', event_name", [day],
         )
         columns = [column[0] for column in cursor.description]
         rows = [dict(zip(columns, values, strict=True)) for values in cursor.fetchall()]
 
-    total = next((row for row in rows if row["event_name"] == "all"), None)
+    totals = [row for row in rows if row["event_name"] == "all"]
     metadata: dict[str, object] = {"dagster/row_count": len(rows)}
-    if total:
+    if totals:
+        total = _sum_totals(totals)
         for name in ("events_seen", "eligible", "sent", "processed", "dead_lettered", "pending"):
             metadata[name] = int(total[name])
         for name in ("match_rate", "match_score", "em_share", "click_id_share", "ip_ua_share"):
@@ -119,12 +125,28 @@ def match_rate(
     return MaterializeResult(metadata=metadata)
 
 
+def _sum_totals(totals: list[dict]) -> dict:
+    """The day's headline over destinations: counts add up, shares weigh by events."""
+    if len(totals) == 1:
+        return totals[0]
+    counts = ("events_seen", "eligible", "sent", "processed", "dead_lettered", "pending")
+    total = {name: sum(row[name] for row in totals) for name in counts}
+    for name in ("match_rate", "match_score", "em_share", "click_id_share", "ip_ua_share"):
+        weight = "processed" if name == "match_rate" else "eligible"
+        weights = sum(row[weight] for row in totals)
+        total[name] = (sum((row[name] or 0) * row[weight] for row in totals) / weights
+                       if weights else 0.0)
+    return total
+
+
 def _markdown(rows: list[dict]) -> str:
-    header = "| event | seen | eligible | sent | processed | dead | match rate | score |"
-    lines = [header, "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    header = ("| destination | event | seen | eligible | sent | processed | dead | match rate "
+              "| score |")
+    lines = [header, "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         lines.append(
-            f"| {row['event_name']} | {row['events_seen']} | {row['eligible']} | {row['sent']} "
+            f"| {row['destination']} | {row['event_name']} | {row['events_seen']} "
+            f"| {row['eligible']} | {row['sent']} "
             f"| {row['processed']} | {row['dead_lettered']} | {(row['match_rate'] or 0):.1%} "
             f"| {row['match_score']:.1f} |"
         )
@@ -136,14 +158,15 @@ def pinterest_processed_what_was_sent(
     context, duckdb: WarehouseResource, pinterest: PinterestResource
 ) -> AssetCheckResult:
     """Fails when Pinterest processed less than 95% of the events sent on any day."""
+    names = [destination.ledger_name for destination in pinterest.destinations()]
     with duckdb.get_connection() as conn:
         worst = conn.execute(
             """
             SELECT partition_date, processed, sent FROM monitoring.match_rate
-            WHERE event_name = 'all' AND destination = ? AND sent > 0
+            WHERE event_name = 'all' AND destination IN (SELECT unnest(?)) AND sent > 0
             ORDER BY processed / sent LIMIT 1
             """,
-            [pinterest.destination],
+            [names],
         ).fetchone()
     if worst is None:
         return AssetCheckResult(passed=True, metadata={"days_with_sends": 0})

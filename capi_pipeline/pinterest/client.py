@@ -30,6 +30,10 @@ MAX_BACKOFF_SECONDS = 60.0
 class PinterestAuthError(Exception):
     """Pinterest refused the token (401) or the ad account (403): retrying cannot help."""
 
+    def __init__(self, message: str, status_code: int) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
 
 @dataclass(frozen=True)
 class Attempt:
@@ -116,7 +120,7 @@ class ConversionsClient:
             response.error = outcome.attempt.error
             response.attempts.append(outcome.attempt)
             if outcome.status_code in (401, 403):
-                raise PinterestAuthError(outcome.attempt.error)
+                raise PinterestAuthError(outcome.attempt.error, outcome.status_code)
         return response
 
     async def _post(self, body: bytes, events: int, number: int) -> _Outcome:

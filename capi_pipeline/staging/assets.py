@@ -35,6 +35,7 @@ STAGING_SCHEMA: dict[str, pl.DataType] = {
     "event_time": pl.Datetime("us", "UTC"),
     "received_at": pl.Datetime("us", "UTC"),
     "event_id": pl.String,
+    "store": pl.String,
     **{
         name: pl.String
         for name in (
@@ -64,7 +65,7 @@ FILLABLE = (
 RAW_QUERY = """
 SELECT source_file, line_no, msg_index, source_format, topic, source_event_name,
        source_event_id, event_time, received_at, envelope_ip, envelope_user_agent,
-       time_flags, body
+       envelope_store, time_flags, body
 FROM raw.events
 WHERE partition_date = ?
 ORDER BY received_at NULLS LAST, source_file, line_no, msg_index

@@ -83,6 +83,8 @@ def extract(message: dict[str, Any]) -> dict[str, Any]:
     row["is_test"] = bool(row.get("is_test")) or _is_store_preview(row.get("page_url"))
     row["num_items"] = sum(item["quantity"] or 0 for item in row["items"]) or None
     row["event_id"] = clean(message.get("source_event_id")) or _fallback_event_id(message)
+    row["store"] = (clean(message.get("envelope_store")) or _host(row.get("page_url"))
+                    or _host(row.get("store_url")))
     return row
 
 
@@ -266,6 +268,7 @@ def _webhook(body: dict, topic: str | None) -> dict[str, Any]:
         "ip": clean(body.get("browser_ip")) or clean(details.get("browser_ip")),
         "user_agent": details.get("user_agent"),
         "page_url": None,
+        "store_url": clean(body.get("order_status_url")),
         "click_id": click_id_from_url(landing),
         "order_id": order_id(body.get("id")),
         "checkout_token": clean(body.get("checkout_token")),
@@ -373,6 +376,15 @@ def _is_store_preview(url: str | None) -> bool:
     # Shopify shows /password to everyone while a store is closed: that traffic is the
     # merchant testing, never a shopper.
     return bool(url) and urlsplit(url).path.startswith("/password")
+
+
+def _host(url: str | None) -> str | None:
+    if not url:
+        return None
+    try:
+        return (urlsplit(url).hostname or "").lower() or None
+    except ValueError:
+        return None
 
 
 def _checkout_path_token(url: str | None) -> str | None:

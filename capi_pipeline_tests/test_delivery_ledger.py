@@ -1,0 +1,184 @@
+"""The ledger through the real assets: resend, replay, destinations, test mode, dry run, crash."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from dagster import AssetSelection
+
+from capi_pipeline.delivery.jobs import replay_dead_letters_job
+from capi_pipeline.pinterest.emulator import EmulatorProcess
+from capi_pipeline_tests.conftest import AD_ACCOUNT, TOKEN, Pipeline
+from capi_pipeline_tests.test_cases import pixel
+
+DAY = datetime.now(UTC).date() - timedelta(days=1)
+EARLY = datetime(DAY.year, DAY.month, DAY.day, 0, 30, tzinfo=UTC)
+UP_TO_ENRICH = AssetSelection.groups("ingest", "staging", "identity", "enrich")
+DELIVERY = AssetSelection.groups("delivery", "monitoring")
+
+
+def land(pipeline: Pipeline, count: int, stores=("shop-a.example.com",)) -> list[str]:
+    """`count` page views with email-less identifiers (IP and UA), spread over the stores."""
+    ids = []
+    lines = []
+    for number in range(count):
+        store = stores[number % len(stores)]
+        event_id = f"view-{number:05d}"
+        ids.append(event_id)
+        lines.append(pixel("page_viewed", event_id, f"client-{number}",
+                           EARLY + timedelta(seconds=number), f"https://{store}/p/{number}"))
+    (pipeline.landing / "events.ndjson").write_text(
+        "\n".join(json.dumps(line) for line in lines) + "\n")
+    return ids
+
+
+def outcomes(pipeline: Pipeline) -> list[tuple]:
+    return pipeline.query(
+        "SELECT destination, outcome, count(*) FROM delivery.event_status GROUP BY ALL ORDER BY 1")
+
+
+def test_resend_sends_everything_again_on_purpose(pipeline, emulator):
+    ids = land(pipeline, 5)
+    assert pipeline.run(str(DAY)).success
+    assert pipeline.run(str(DAY), selection=DELIVERY).success
+    assert emulator.stats()["processed_by_event_id"] == {event_id: 1 for event_id in ids}
+    assert pipeline.run(str(DAY), selection=DELIVERY, resend=True).success
+    assert emulator.stats()["processed_by_event_id"] == {event_id: 2 for event_id in ids}
+    assert pipeline.scalar("SELECT count(*) FROM delivery.event_outcomes") == 10
+
+
+def test_replay_sends_dead_letters_again_after_a_fix(tmp_path):
+    with EmulatorProcess(token=TOKEN, max_age_days=0.9) as strict:
+        pipeline = Pipeline(tmp_path, strict.base_url)
+        ids = land(pipeline, 4)
+        assert pipeline.run(str(DAY)).success
+        assert outcomes(pipeline) == [(f"pinterest:{AD_ACCOUNT}", "dead_letter", 4)]
+        message = pipeline.scalar("SELECT any_value(error_message) FROM delivery.event_status")
+        assert message
+    with EmulatorProcess(token=TOKEN) as fixed:
+        pipeline.base_url = fixed.base_url
+        result = replay_dead_letters_job.execute_in_process(
+            resources=pipeline.resources(),
+            run_config={"ops": {"replay_dead_letters": {"config": {
+                "partition_date": str(DAY)}}}},
+        )
+        assert result.success
+        assert fixed.stats()["processed_by_event_id"] == {event_id: 1 for event_id in ids}
+    assert outcomes(pipeline) == [(f"pinterest:{AD_ACCOUNT}", "delivered", 4)]
+    # The ledger keeps the history: the dead letters stay, the delivery follows them.
+    assert pipeline.scalar("SELECT count(*) FROM delivery.event_outcomes") == 8
+
+
+def test_destinations_file_routes_each_store_to_its_account(tmp_path, monkeypatch):
+    config = tmp_path / "destinations.toml"
+    config.write_text(textwrap.dedent("""
+        [[destination]]
+        name = "store-a"
+        ad_account_id = "111"
+        token_env = "CAPI_TEST_TOKEN_A"
+        stores = ["shop-a.example.com"]
+
+        [[destination]]
+        name = "others"
+        ad_account_id = "222"
+        token_env = "CAPI_TEST_TOKEN_B"
+        stores = ["*"]
+    """))
+    monkeypatch.setenv("CAPI_TEST_TOKEN_A", TOKEN)
+    monkeypatch.setenv("CAPI_TEST_TOKEN_B", TOKEN)
+    with EmulatorProcess(token=TOKEN, ad_account_ids=("111", "222")) as emulator:
+        pipeline = Pipeline(tmp_path / "pipeline", emulator.base_url)
+        land(pipeline, 6, stores=("shop-a.example.com", "shop-b.example.com",
+                                  "shop-c.example.com"))
+        assert pipeline.run(str(DAY), destinations_file=str(config)).success
+        assert emulator.stats()["requests_total"] == 2
+    assert outcomes(pipeline) == [("others", "delivered", 4), ("store-a", "delivered", 2)]
+    rows = pipeline.query(
+        "SELECT destination, sent, processed FROM monitoring.match_rate "
+        "WHERE event_name = 'all' ORDER BY 1")
+    assert rows == [("others", 4, 4), ("store-a", 2, 2)]
+
+
+def test_missing_destination_token_fails_naming_the_variable(pipeline, tmp_path, monkeypatch):
+    config = tmp_path / "destinations.toml"
+    config.write_text('[[destination]]\nname = "a"\nad_account_id = "1"\n'
+                      'token_env = "CAPI_TEST_UNSET_TOKEN"\nstores = ["*"]\n')
+    monkeypatch.delenv("CAPI_TEST_UNSET_TOKEN", raising=False)
+    land(pipeline, 2)
+    result = pipeline.run(str(DAY), destinations_file=str(config))
+    assert not result.success
+    failure = next(event for event in result.all_events if event.is_step_failure)
+    assert "CAPI_TEST_UNSET_TOKEN" in str(failure.step_failure_data.error)
+    assert pipeline.scalar("SELECT count(*) FROM delivery.event_outcomes") == 0
+
+
+def test_test_mode_has_its_own_ledger_and_pinterest_records_nothing(pipeline, emulator):
+    land(pipeline, 3)
+    assert pipeline.run(str(DAY), test_mode=True).success
+    stats = emulator.stats()
+    assert stats["test_events_processed"] == 3 and stats["bodies_recorded"] == 0
+    assert outcomes(pipeline) == [(f"pinterest:{AD_ACCOUNT}:test", "delivered", 3)]
+    # A live run afterwards still sends everything: test sends never count as delivered.
+    assert pipeline.run(str(DAY), selection=DELIVERY).success
+    assert len(emulator.stats()["processed_by_event_id"]) == 3
+
+
+def test_dry_run_writes_bodies_and_sends_nothing(pipeline, emulator, tmp_path):
+    land(pipeline, 3)
+    folder = tmp_path / "dry"
+    assert pipeline.run(str(DAY), dry_run_dir=str(folder)).success
+    (body_file,) = folder.rglob("batch-*.json")
+    assert [event["event_id"] for event in json.loads(body_file.read_text())["data"]] == [
+        "view-00000", "view-00001", "view-00002"]
+    assert emulator.stats()["requests_total"] == 0
+
+
+CRASH_RUN = """
+import sys
+from dagster import AssetSelection
+from capi_pipeline_tests.conftest import Pipeline
+pipeline = Pipeline(__import__("pathlib").Path(sys.argv[1]), sys.argv[2])
+pipeline.run(sys.argv[3], selection=AssetSelection.groups("delivery"), batch_size=10,
+             max_concurrency=2)
+"""
+
+
+def test_sigkill_mid_send_then_rerun_delivers_everything_once(tmp_path):
+    with EmulatorProcess(token=TOKEN, latency_ms=150) as slow:
+        pipeline = Pipeline(tmp_path, slow.base_url)
+        ids = land(pipeline, 400)
+        assert pipeline.run(str(DAY), selection=UP_TO_ENRICH).success
+        child = subprocess.Popen(
+            [sys.executable, "-c", CRASH_RUN, str(tmp_path), slow.base_url, str(DAY)],
+            env={**os.environ, "PYTHONPATH": os.getcwd()}, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while len(slow.stats()["processed_by_event_id"]) < 100:
+            assert child.poll() is None, "the sender finished before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+        before = slow.stats()["processed_by_event_id"]
+        assert 100 <= len(before) < 400
+
+        assert pipeline.run(str(DAY), selection=DELIVERY).success
+        counts = slow.stats()["processed_by_event_id"]
+    assert set(counts) == set(ids)
+    twice = [event_id for event_id, count in counts.items() if count > 1]
+    # Only batches in flight at the kill (two requests of ten) can have been sent twice.
+    assert len(twice) <= 20 and all(counts[event_id] == 2 for event_id in twice)
+    assert outcomes(pipeline) == [(f"pinterest:{AD_ACCOUNT}", "delivered", 400)]
+
+
+@pytest.fixture
+def pipeline(tmp_path, emulator) -> Pipeline:
+    emulator.reset()
+    return Pipeline(tmp_path / "pipeline", emulator.base_url)
