@@ -137,8 +137,10 @@ def test_each_eligible_event_delivered_exactly_once(run):
     assert len(eligible) == 6
     assert run["stats"]["processed_by_event_id"] == {event_id: 1 for event_id in eligible}
     outcomes = pipeline.query(
-        "SELECT outcome, count(*) FROM delivery.event_status GROUP BY ALL")
-    assert outcomes == [("delivered", 6)]
+        "SELECT outcome, error_message, count(*) FROM delivery.event_status GROUP BY ALL "
+        "ORDER BY 1")
+    # The ledger answers for the bot too: skipped, with its reason.
+    assert outcomes == [("delivered", None, 6), ("skipped", "bot", 1)]
 
 
 def test_a_rerun_sends_nothing_again(run):
@@ -147,7 +149,7 @@ def test_a_rerun_sends_nothing_again(run):
     result = pipeline.run(str(day), selection="key:delivery/*")
     assert result.success
     assert emulator.stats()["requests_total"] == before
-    assert pipeline.scalar("SELECT count(*) FROM delivery.event_outcomes") == 6
+    assert pipeline.scalar("SELECT count(*) FROM delivery.event_outcomes") == 7
 
 
 def test_match_rate_counts_what_pinterest_processed(run):

@@ -20,7 +20,12 @@ from capi_pipeline.delivery.destinations import (
     route,
     stores_for,
 )
-from capi_pipeline.delivery.ledger import DeliveryPlan, DeliveryTotals, deliver
+from capi_pipeline.delivery.ledger import (
+    DeliveryPlan,
+    DeliveryTotals,
+    deliver,
+    record_skipped,
+)
 from capi_pipeline.lib.tags import WRITER
 from capi_pipeline.partitions import daily_partitions, partition_day
 from capi_pipeline.pinterest.client import PinterestAuthError
@@ -73,8 +78,10 @@ def delivery_ledger(
         context.log.info(f"partition {day}: sending to {destination.ledger_name}"
                          + (" (resending everything)" if pinterest.resend else ""))
         totals = _deliver(context, duckdb, plan)
+        skipped = record_skipped(duckdb, plan)
         summary[destination.ledger_name] = {"to_send": totals.to_send,
-                                            "requests": totals.requests, **totals.outcomes}
+                                            "requests": totals.requests, **totals.outcomes,
+                                            "skipped_recorded": skipped}
     seconds = time.perf_counter() - started
 
     unrouted = [store for store in stores if route(store, destinations) is None]
@@ -86,7 +93,7 @@ def delivery_ledger(
     outcomes: Counter[str] = Counter()
     for figures in summary.values():
         outcomes.update({key: value for key, value in figures.items()
-                         if key not in ("to_send", "requests")})
+                         if key not in ("to_send", "requests", "skipped_recorded")})
     to_send = sum(figures["to_send"] for figures in summary.values())
     metadata.update({
         "destinations": len(destinations),
@@ -95,6 +102,7 @@ def delivery_ledger(
         "dead_lettered": outcomes["dead_letter"],
         "pending": outcomes["pending"],
         "dry_run": outcomes["dry_run"],
+        "skipped_recorded": sum(f["skipped_recorded"] for f in summary.values()),
         "requests": sum(figures["requests"] for figures in summary.values()),
         "unrouted_stores": len(unrouted),
         "seconds": round(seconds, 3),

@@ -56,6 +56,30 @@ WHERE ($day IS NULL OR e.partition_date = $day) AND e.eligible
 """
 
 
+SKIPPED_SQL = """
+INSERT INTO delivery.event_outcomes
+SELECT $destination, e.partition_date, e.event_id, 'skipped', 0, NULL, e.skip_reason, NULL, now()
+FROM capi.pinterest_events e
+WHERE e.partition_date = $day AND NOT e.eligible
+  AND coalesce(e.store, '') IN (SELECT unnest($stores))
+  AND NOT EXISTS (
+      SELECT 1 FROM delivery.event_status s
+      WHERE s.destination = $destination AND s.event_id = e.event_id
+        AND s.outcome = 'skipped' AND s.error_message IS NOT DISTINCT FROM e.skip_reason)
+"""
+
+
+def record_skipped(duckdb, plan: DeliveryPlan) -> int:
+    """Write a `skipped` outcome, with its reason, for each ineligible event not yet noted.
+
+    The ledger then answers for every event of the day, sent or not. A skip is not final: an
+    event that becomes eligible (identity found its email) is sent by a later run.
+    """
+    with duckdb.get_connection() as conn:
+        return conn.execute(SKIPPED_SQL, {"destination": plan.destination.ledger_name,
+                                          "day": plan.day, "stores": plan.stores}).fetchone()[0]
+
+
 @dataclass
 class DeliveryTotals:
     """What one destination's run did, for metadata and logs."""
