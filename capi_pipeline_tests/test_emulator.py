@@ -15,10 +15,17 @@ import httpx
 import orjson
 import pytest
 
+from capi_pipeline.pinterest import emulator as emulator_module
 from capi_pipeline.pinterest.emulator import (
+    DEFAULT_EVENT_FAIL_MESSAGE,
     EmulatorConfig,
     EmulatorProcess,
     EmulatorThread,
+    RequestInvalid,
+    check_body,
+    fault_random,
+    judge_event,
+    judge_events,
     parse_command_line,
 )
 
@@ -608,3 +615,444 @@ def test_bodies_the_checker_rejects_are_refused_or_failed(emulator: EmulatorProc
         assert "failed" in statuses, label
     else:
         assert response.status_code == 400, label
+
+
+# -- fault injection: random 429s, dropped connections, failed events -----------------------
+
+# What a client sees when the emulator hangs up: httpx names it by how far the read had got.
+TRANSPORT_ERRORS = (httpx.RemoteProtocolError, httpx.ReadError)
+
+
+def outcome(emulator: Any, body: Any, **options: Any) -> int | str:
+    """The status code of one request, or "dropped" when no answer came back."""
+    try:
+        return post(emulator, body, **options).status_code
+    except TRANSPORT_ERRORS:
+        return "dropped"
+
+
+def test_rate_429_answers_the_seeded_fraction_with_retry_after() -> None:
+    draws = fault_random(11, "rate-429")
+    expected = [429 if draws.random() < 0.5 else 200 for _ in range(16)]
+
+    with EmulatorThread(token=TOKEN, rate_429=0.5, seed=11, retry_after=4) as emulator:
+        answers = [post(emulator, {"data": [make_event(f"r-{n}")]}) for n in range(16)]
+        stats = emulator.stats()
+        emulator.reset()
+        replay = [post(emulator, {"data": [make_event("again")]}).status_code
+                  for _ in range(16)]
+
+    assert [answer.status_code for answer in answers] == expected == replay
+    assert {200, 429} <= set(expected)
+    for answer in answers:
+        if answer.status_code == 429:
+            assert answer.headers["retry-after"] == "4"
+            assert answer.json()["code"] == 8
+            assert answer.json()["message"].startswith("This request exceeded a rate limit")
+    accepted = {f"r-{n}": 1 for n, status in enumerate(expected) if status == 200}
+    assert stats["processed_by_event_id"] == accepted
+    assert stats["requests_by_status"] == {"200": len(accepted), "429": 16 - len(accepted)}
+    assert stats["rate_limited"] == 0
+
+
+def test_random_faults_draw_from_streams_of_their_own() -> None:
+    # Switching the 429s on must not change which requests the 503s hit.
+    draws = random.Random(5)
+    outages = [draws.random() < 0.4 for _ in range(12)]
+    with EmulatorThread(token=TOKEN, error_rate=0.4, rate_429=0.3, seed=5) as emulator:
+        codes = [post(emulator, {"data": [make_event("s")]}).status_code for _ in range(12)]
+    assert [code == 503 for code in codes] == outages
+
+
+def test_drop_rate_closes_without_answer_and_processes_nothing() -> None:
+    with EmulatorThread(token=TOKEN, drop_rate=1.0) as emulator:
+        with pytest.raises(TRANSPORT_ERRORS):
+            post(emulator, {"data": [make_event("never")]})
+        stats = emulator.stats()
+        bodies = emulator.bodies()
+
+    assert stats["dropped_before_processing"] == 1
+    assert stats["dropped_after_processing"] == 0
+    assert stats["requests_by_status"] == {}
+    assert stats["requests_total"] == 1
+    assert (stats["events_received"], stats["processed_by_event_id"], bodies) == (0, {}, [])
+
+
+def test_drop_after_rate_processes_and_records_then_hangs_up(tmp_path: Path) -> None:
+    # A real subprocess: the drop must work through the same uvicorn set-up the demo runs.
+    record = tmp_path / "received.ndjson"
+    body = {"data": [make_event("lost-answer"), make_event("also-lost")]}
+    with EmulatorProcess(token=TOKEN, drop_after_rate=1.0, record_path=record,
+                         log_level="info") as emulator:
+        with pytest.raises(TRANSPORT_ERRORS):
+            post(emulator, body)
+        with pytest.raises(TRANSPORT_ERRORS):
+            post(emulator, body)
+        stats = emulator.stats()
+        bodies = emulator.bodies()
+        time.sleep(0.2)
+        log = emulator.log_text()
+
+    assert stats["processed_by_event_id"] == {"lost-answer": 2, "also-lost": 2}
+    assert (stats["events_processed"], stats["dropped_after_processing"]) == (4, 2)
+    assert (stats["duplicates"], stats["max_processed_per_event"]) == (2, 2)
+    assert stats["requests_by_status"] == {}
+    assert bodies == [body, body]
+    assert [orjson.loads(line) for line in record.read_text().splitlines()] == [body, body]
+    assert "connection dropped without an answer after processing" in log
+    assert "Exception" not in log and "500" not in log
+
+
+def test_drop_fractions_share_one_seeded_draw() -> None:
+    draws = fault_random(2, "drop")
+    expected = []
+    for _ in range(20):
+        value = draws.random()
+        expected.append("before" if value < 0.3 else "after" if value < 0.6 else "answered")
+
+    with EmulatorThread(token=TOKEN, drop_rate=0.3, drop_after_rate=0.3, seed=2) as emulator:
+        seen = [outcome(emulator, {"data": [make_event(f"d-{n}")]}) for n in range(20)]
+        stats = emulator.stats()
+
+    assert [status == "dropped" for status in seen] == [fate != "answered" for fate in expected]
+    assert {"before", "after", "answered"} == set(expected)
+    assert stats["dropped_before_processing"] == expected.count("before")
+    assert stats["dropped_after_processing"] == expected.count("after")
+    assert stats["processed_by_event_id"] == {
+        f"d-{n}": 1 for n, fate in enumerate(expected) if fate != "before"}
+
+
+def test_event_fail_rate_one_fails_every_valid_event_with_the_message() -> None:
+    warned = make_event("warned")
+    warned["user_data"]["advertiser_tracking_enabled"] = True
+    body = {"data": [make_event("a"), warned, make_event("ms", event_time=NOW * 1000)]}
+
+    with EmulatorThread(token=TOKEN, event_fail_rate=1.0) as emulator:
+        answer = post(emulator, body).json()
+        stats = emulator.stats()
+    with EmulatorThread(token=TOKEN, event_fail_rate=1.0,
+                        event_fail_message="synthetic rejection") as emulator:
+        custom = post(emulator, {"data": [make_event("b")]}).json()
+
+    assert answer["num_events_received"] == 3
+    assert answer["num_events_processed"] == 0
+    first, second, third = answer["events"]
+    assert first == {"status": "failed", "error_message": DEFAULT_EVENT_FAIL_MESSAGE,
+                     "warning_message": None}
+    assert second["error_message"] == DEFAULT_EVENT_FAIL_MESSAGE
+    assert "advertiser_tracking_enabled" in second["warning_message"]
+    # An event that already failed keeps its own reason.
+    assert "looks like milliseconds" in third["error_message"]
+    assert (stats["events_failed"], stats["processed_by_event_id"]) == (3, {})
+    assert custom["events"][0]["error_message"] == "synthetic rejection"
+
+
+def test_event_fail_rate_draws_once_per_otherwise_processed_event() -> None:
+    events = [make_event(f"e-{n}") for n in range(30)]
+    events[4] = make_event("bad", event_name="purchase")
+    draws = fault_random(9, "event-fail")
+    expected = ["failed" if event["event_id"] == "bad" or draws.random() < 0.5 else "processed"
+                for event in events]
+
+    with EmulatorThread(token=TOKEN, event_fail_rate=0.5, seed=9) as emulator:
+        answer = post(emulator, {"data": events}).json()
+
+    assert [result["status"] for result in answer["events"]] == expected
+    assert {"failed", "processed"} == set(expected)
+    assert answer["num_events_processed"] == expected.count("processed")
+
+
+# -- the per-ad-account rate limit ----------------------------------------------------------
+
+
+class ManualClock:
+    """A monotonic clock that only moves when told to."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_rate_limit_per_minute_refuses_the_fourth_request(tmp_path: Path) -> None:
+    record = tmp_path / "received.ndjson"
+    with EmulatorProcess(token=TOKEN, rate_limit_per_minute=3, record_path=record) as emulator:
+        answers = [post(emulator, {"data": [make_event(f"m-{n}")]}) for n in range(4)]
+        other_account = post(emulator, {"data": [make_event("other")]}, account="42")
+        stats = emulator.stats()
+        bodies = emulator.bodies()
+
+    assert [answer.status_code for answer in answers] == [200, 200, 200, 429]
+    refused = answers[3]
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    assert refused.json() == {"code": 8, "message": refused.json()["message"]}
+    assert refused.json()["message"].startswith("This request exceeded a rate limit")
+    assert other_account.status_code == 200
+    assert stats["rate_limited"] == 1
+    assert stats["requests_by_status"] == {"200": 4, "429": 1}
+    assert "m-3" not in stats["processed_by_event_id"]
+    assert [body["data"][0]["event_id"] for body in bodies] == ["m-0", "m-1", "m-2", "other"]
+    assert len(record.read_text().splitlines()) == 4
+
+
+def test_rate_limit_retry_after_says_when_a_slot_frees() -> None:
+    clock = ManualClock()
+    body = {"data": [make_event("w")]}
+    with EmulatorThread(token=TOKEN, rate_limit_per_minute=2, monotonic=clock) as emulator:
+        first = post(emulator, body).status_code
+        clock.now += 20.5
+        second = post(emulator, body).status_code
+        clock.now += 10
+        refused = post(emulator, body)
+        clock.now += 29.4
+        almost = post(emulator, body)
+        clock.now += 0.2
+        freed = post(emulator, body).status_code
+        stats = emulator.stats()
+
+    assert (first, second, freed) == (200, 200, 200)
+    # The first slot frees 60 s after it was taken: 29.5 s after the refusal, so 30 whole s.
+    assert (refused.status_code, refused.headers["retry-after"]) == (429, "30")
+    # Refused requests take no slot, and a wait under a second still says 1.
+    assert (almost.status_code, almost.headers["retry-after"]) == (429, "1")
+    assert stats["rate_limited"] == 2
+    assert stats["processed_by_event_id"] == {"w": 3}
+
+
+def test_rate_limit_per_second_caps_bursts() -> None:
+    clock = ManualClock()
+    body = {"data": [make_event("burst")]}
+    with EmulatorThread(token=TOKEN, rate_limit_per_second=2, rate_limit_per_minute=100,
+                        monotonic=clock) as emulator:
+        burst = [post(emulator, body) for _ in range(3)]
+        clock.now += 1.0
+        after = post(emulator, body).status_code
+
+    assert [answer.status_code for answer in burst] == [200, 200, 429]
+    assert burst[2].headers["retry-after"] == "1"
+    assert after == 200
+
+
+def test_rate_limit_only_counts_authorised_requests() -> None:
+    with EmulatorThread(token=TOKEN, rate_limit_per_minute=1,
+                        monotonic=ManualClock()) as emulator:
+        unauthorised = [post(emulator, {"data": [make_event("x")]}, token="wrong").status_code
+                        for _ in range(3)]
+        allowed = post(emulator, {"data": [make_event("x")]}).status_code
+    assert (unauthorised, allowed) == ([401] * 3, 200)
+
+
+# -- counting deliveries --------------------------------------------------------------------
+
+
+def test_duplicates_count_event_ids_processed_more_than_once(emulator: EmulatorProcess) -> None:
+    post(emulator, {"data": [make_event("twice"), make_event("once")]})
+    post(emulator, {"data": [make_event("twice"), make_event("thrice")]})
+    post(emulator, {"data": [make_event("thrice")]})
+    post(emulator, {"data": [make_event("thrice"), make_event("failed", event_name="x")]})
+    post(emulator, {"data": [make_event("failed", event_name="x")]})
+
+    stats = emulator.stats()
+    summary = emulator.stats(summary=True)
+    counts = emulator.event_counts()
+
+    assert counts == stats["processed_by_event_id"] == {"twice": 2, "once": 1, "thrice": 3}
+    assert (stats["duplicates"], stats["max_processed_per_event"]) == (2, 3)
+    assert stats["event_ids_processed"] == 3
+    assert "processed_by_event_id" not in summary
+    assert summary == {key: value for key, value in stats.items()
+                       if key != "processed_by_event_id"}
+
+
+def test_empty_stats_have_no_duplicates(emulator: EmulatorProcess) -> None:
+    summary = emulator.stats(summary=True)
+    assert (summary["duplicates"], summary["max_processed_per_event"]) == (0, 0)
+    assert emulator.event_counts() == {}
+
+
+def test_stats_summary_flag_must_be_a_boolean(emulator: EmulatorProcess) -> None:
+    response = HTTP.get(f"{emulator.base_url}/_emulator/stats", params={"summary": "maybe"})
+    assert response.status_code == 400
+    assert HTTP.get(f"{emulator.base_url}/_emulator/stats",
+                    params={"summary": "true"}).json()["requests_total"] == 0
+
+
+def test_no_keep_bodies_still_records_to_file(tmp_path: Path) -> None:
+    record = tmp_path / "received.ndjson"
+    body = {"data": [make_event("file-only")]}
+    with EmulatorThread(token=TOKEN, keep_bodies=False, record_path=record) as emulator:
+        post(emulator, body)
+        post(emulator, body, params={"test": "true"})
+        stats = emulator.stats()
+        bodies = emulator.bodies()
+    assert bodies == []
+    assert (stats["bodies_recorded"], stats["bodies_kept"]) == (1, 0)
+    assert [orjson.loads(line) for line in record.read_text().splitlines()] == [body]
+
+
+# -- stricter digit and digest matching -----------------------------------------------------
+
+
+def test_trailing_newline_is_no_digest_and_no_account(emulator: EmulatorProcess) -> None:
+    event = with_user_data("newline", em=[sha("a@b.c") + "\n"])
+    result = post(emulator, {"data": [event]}).json()["events"][0]
+    assert result["status"] == "failed"
+    assert "user_data.em[0] is not a SHA-256" in result["error_message"]
+    assert post(emulator, {"data": [make_event("a")]}, account="123%0A").status_code == 400
+
+
+# -- the bulk checks agree with the rule-by-rule ones ---------------------------------------
+
+
+def _walker_refuses(body: Any) -> bool:
+    try:
+        emulator_module._check_shape(body, emulator_module._BODY, "")
+    except RequestInvalid:
+        return True
+    return False
+
+
+MUTATIONS = [
+    lambda event: event.update(event_time=True),
+    lambda event: event.update(event_time=2**64 - 1),
+    lambda event: event.update(event_id=None),
+    lambda event: event.update(partner_name=None),
+    lambda event: event.update(opt_out=1),
+    lambda event: event.update(surprise="x"),
+    lambda event: event.pop("user_data"),
+    lambda event: event.pop("custom_data"),
+    lambda event: event["user_data"].update(em=[]),
+    lambda event: event["user_data"].update(em=[1]),
+    lambda event: event["user_data"].update(em="x"),
+    lambda event: event["user_data"].update(unknown="kept"),
+    lambda event: event["user_data"].update(click_id=None),
+    lambda event: event["custom_data"].update(contents=[]),
+    lambda event: event["custom_data"].update(contents=[{"sku": "1"}]),
+    lambda event: event["custom_data"].update(contents=[{"quantity": -(2**63) - 1}]),
+    lambda event: event["custom_data"].update(num_items=2**63),
+    lambda event: event["custom_data"].update(value=None),
+    lambda event: event.update(device_info={"battery_level": 100, "form_factor": "tv"}),
+    lambda event: event.update(device_info={"languages": ["en"] * 101}),
+    lambda event: event.update(device_info={"os_family": "ios2"}),
+    lambda event: event.update(app_info={"app_store": "x" * 100}),
+    lambda event: event.update(app_info={"app_store": "x" * 101}),
+    lambda event: event.update(app_info=[]),
+]
+
+
+def test_bulk_schema_check_never_passes_what_the_walker_refuses() -> None:
+    draws = random.Random(1)
+    for _ in range(300):
+        events = [make_event(f"p-{n}") for n in range(draws.randint(1, 6))]
+        for event in draws.sample(events, draws.randint(0, len(events))):
+            draws.choice(MUTATIONS)(event)
+        body = {"data": events}
+        bulk_passes = emulator_module._all_fit([body], emulator_module._BODY)
+        assert not (bulk_passes and _walker_refuses(body)), body
+        try:
+            check_body(body)
+        except RequestInvalid:
+            assert _walker_refuses(body)
+        else:
+            assert not _walker_refuses(body)
+
+
+EVENT_CHANGES = [
+    lambda event: event.update(event_name="purchase"),
+    lambda event: event.update(action_source="email"),
+    lambda event: event.update(event_id=""),
+    lambda event: event.update(event_time=NOW + 3600),
+    lambda event: event.update(event_time=NOW * 1000),
+    lambda event: event.update(event_time=NOW - 30 * 86400),
+    lambda event: event["user_data"].update(em=[sha("x").upper()]),
+    lambda event: event["user_data"].update(ph=[]),
+    lambda event: event["user_data"].update(ph=[sha("x")[:63] + "é"]),
+    lambda event: event["user_data"].update(hashed_maids=[sha("m")[1:], sha("m") + "0"]),
+    lambda event: event["user_data"].pop("em"),
+    lambda event: event["user_data"].update(client_user_agent=""),
+    lambda event: event["user_data"].update(surplus="warn"),
+    lambda event: event.setdefault("custom_data", {}).update(value="1e3"),
+    lambda event: event.setdefault("custom_data", {}).update(predicted_ltv="9" * 400),
+    lambda event: event.setdefault("custom_data", {}).update(opt_out_type="OTHER"),
+    lambda event: event.setdefault("custom_data", {}).update(contents=[{"item_price": "1."}]),
+    lambda event: event.pop("custom_data"),
+    lambda event: event.update(custom_data={}),
+]
+
+
+def test_bulk_judgement_matches_event_by_event() -> None:
+    draws = random.Random(2)
+    for _ in range(60):
+        events = [make_event(f"j-{n}") for n in range(draws.randint(1, 80))]
+        for event in draws.sample(events, draws.randint(0, min(4, len(events)))):
+            for _ in range(draws.randint(1, 2)):
+                draws.choice(EVENT_CHANGES)(event)
+        now = time.time()
+        assert judge_events(events, now, 7) == [judge_event(event, now, 7) for event in events]
+
+
+# -- configuration of the new settings ------------------------------------------------------
+
+
+def test_new_settings_come_from_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EMULATOR_TOKEN", "from-env")
+    monkeypatch.setenv("EMULATOR_RATE_429", "0.1")
+    monkeypatch.setenv("EMULATOR_DROP_RATE", "0.2")
+    monkeypatch.setenv("EMULATOR_DROP_AFTER_RATE", "0.3")
+    monkeypatch.setenv("EMULATOR_EVENT_FAIL_RATE", "0.4")
+    monkeypatch.setenv("EMULATOR_EVENT_FAIL_MESSAGE", "from env")
+    monkeypatch.setenv("EMULATOR_RATE_LIMIT_PER_MINUTE", "5000")
+    monkeypatch.setenv("EMULATOR_RATE_LIMIT_PER_SECOND", "100")
+    monkeypatch.setenv("EMULATOR_KEEP_BODIES", "no")
+
+    from_env = parse_command_line([]).config
+    from_flags = parse_command_line(["--rate-429", "0.5", "--drop-after-rate", "0",
+                                     "--event-fail-message", "-from flag",
+                                     "--rate-limit-per-second", "0", "--keep-bodies"]).config
+
+    assert from_env == EmulatorConfig(
+        token="from-env", rate_429=0.1, drop_rate=0.2, drop_after_rate=0.3,
+        event_fail_rate=0.4, event_fail_message="from env", rate_limit_per_minute=5000,
+        rate_limit_per_second=100, keep_bodies=False)
+    assert (from_flags.rate_429, from_flags.drop_after_rate, from_flags.event_fail_message,
+            from_flags.rate_limit_per_second, from_flags.keep_bodies) == (
+        0.5, 0.0, "-from flag", 0, True)
+
+
+@pytest.mark.parametrize(("argv", "env"), [
+    (["--rate-429", "1.5"], {}),
+    (["--drop-rate", "0.6", "--drop-after-rate", "0.5"], {}),
+    (["--event-fail-rate", "-0.1"], {}),
+    (["--event-fail-message", ""], {}),
+    (["--rate-limit-per-minute", "-1"], {}),
+    (["--rate-limit-per-second", "lots"], {}),
+    ([], {"EMULATOR_KEEP_BODIES": "maybe"}),
+    ([], {"EMULATOR_DROP_RATE": "nan"}),
+])
+def test_bad_new_settings_are_refused(monkeypatch: pytest.MonkeyPatch, argv: list[str],
+                                      env: dict[str, str]) -> None:
+    monkeypatch.setenv("EMULATOR_TOKEN", "t")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as exit_info:
+        parse_command_line(argv)
+    assert exit_info.value.code == 2
+
+
+def test_process_command_carries_every_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    process = EmulatorProcess(token="t", ad_account_ids=("7",), fail_first=1, retry_after=2,
+                              error_rate=0.1, latency_ms=3, seed=4, rate_429=1 / 3,
+                              drop_rate=0.25, drop_after_rate=0.5, event_fail_rate=0.75,
+                              event_fail_message="--odd message", rate_limit_per_minute=9,
+                              rate_limit_per_second=8, keep_bodies=False)
+    monkeypatch.setenv("EMULATOR_TOKEN", "t")
+    assert parse_command_line(process.command()[3:]).config == process.config
+
+
+def test_thread_settings_override_a_config() -> None:
+    base = EmulatorConfig(token=TOKEN, seed=3)
+    thread = EmulatorThread(base, rate_429=0.5)
+    assert thread.config == EmulatorConfig(token=TOKEN, seed=3, rate_429=0.5)
+    with pytest.raises(ValueError, match="rate_429 must be between 0 and 1"):
+        EmulatorThread(token=TOKEN, rate_429=2.0)
