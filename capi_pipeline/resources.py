@@ -105,7 +105,7 @@ class PinterestResource(ConfigurableResource):
         default=False, description="Send events again even when they already have an outcome."
     )
     batch_size: int = Field(default=1000, ge=1, le=1000)
-    max_concurrency: int = Field(default=4, ge=1)
+    max_concurrency: int = Field(default=8, ge=1)
     calls_per_minute: int = Field(default=5000, ge=1)
     timeout_seconds: float = Field(default=30.0)
     max_attempts: int = Field(default=5, ge=1)
@@ -167,7 +167,7 @@ def _pinterest_from_environment() -> PinterestResource:
         dry_run_dir=os.environ.get("CAPI_DRY_RUN_DIR") or None,
         resend=_env_flag("CAPI_RESEND"),
         batch_size=int(_env("PINTEREST_BATCH_SIZE", "1000")),
-        max_concurrency=int(_env("PINTEREST_MAX_CONCURRENCY", "4")),
+        max_concurrency=int(_env("PINTEREST_MAX_CONCURRENCY", "8")),
         calls_per_minute=int(_env("PINTEREST_CALLS_PER_MINUTE", "5000")),
         **single,
     )

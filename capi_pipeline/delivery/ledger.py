@@ -1,25 +1,31 @@
 """The delivery ledger: which events are due, sending them page by page, recording answers.
 
-Events are read from DuckDB a page at a time (keyset pagination on event time and id), so a
-million-event day is never held in memory, and no connection is held while requests wait on
-the network. Each batch's attempts and outcomes are appended in one transaction as soon as the
-batch returns, so a crash loses at most the batches in flight.
+The events due are streamed once to a Parquet spool file beside the database and read back a
+page at a time, so a million-event day is never held in memory and no connection to the
+database is held while requests wait on the network. Each batch's attempts and outcomes are
+appended to a journal file (one per page, locked while written) the moment the batch
+returns. Journals move into the ledger tables when the run ends, or at the start of the next
+run after a crash, so a killed process loses at most the batches in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import tempfile
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 
+import orjson
 import polars as pl
+import pyarrow.parquet as pq
 
 from capi_pipeline.delivery.destinations import Destination
 from capi_pipeline.delivery.sender import BatchDone, Progress, send_batches, write_dry_run
-from capi_pipeline.lib.duck import insert_frame
 from capi_pipeline.pinterest.client import ConversionsClient
 
 FINAL_OUTCOMES = ("delivered", "dead_letter", "dry_run")
@@ -27,8 +33,10 @@ FINAL_OUTCOMES = ("delivered", "dead_letter", "dry_run")
 # Which events a run picks up: those without a final outcome, all of them again (resend), or
 # those whose latest outcome is a dead letter (replay after a fix).
 SELECTIONS = {
+    # A final outcome stays final (a replay adds a newer one), so any final row in the history
+    # settles an event; an anti-join on the table avoids the view's window over all history.
     "due": """NOT EXISTS (
-        SELECT 1 FROM delivery.event_status s
+        SELECT 1 FROM delivery.event_outcomes s
         WHERE s.destination = $destination AND s.event_id = e.event_id
           AND s.outcome IN ('delivered', 'dead_letter', 'dry_run'))""",
     "resend": "$destination IS NOT NULL",
@@ -38,21 +46,14 @@ SELECTIONS = {
           AND s.outcome = 'dead_letter')""",
 }
 
-EVENTS_SQL = """
-SELECT e.event_id, e.payload, e.event_time, e.partition_date
+# No ORDER BY: sorting a day's payloads would hold them all in memory. A scan returns rows in
+# the order enrich wrote them, which is event time.
+DUE_SQL = """
+SELECT e.event_id, encode(e.payload::VARCHAR) AS payload, e.partition_date
 FROM capi.pinterest_events e
 WHERE ($day IS NULL OR e.partition_date = $day) AND e.eligible
   AND coalesce(e.store, '') IN (SELECT unnest($stores))
-  AND (e.event_time > $after_time OR (e.event_time = $after_time AND e.event_id > $after_id))
   AND {selection}
-ORDER BY e.event_time, e.event_id
-LIMIT $page_size
-"""
-
-COUNT_SQL = """
-SELECT count(*) FROM capi.pinterest_events e
-WHERE ($day IS NULL OR e.partition_date = $day) AND e.eligible
-  AND coalesce(e.store, '') IN (SELECT unnest($stores)) AND {selection}
 """
 
 
@@ -99,7 +100,7 @@ class DeliveryPlan:
     day: date | None = None
     page_size: int = 20_000
     batch_size: int = 1000
-    max_concurrency: int = 4
+    max_concurrency: int = 8
     calls_per_minute: int = 5000
     timeout_seconds: float = 30.0
     max_attempts: int = 5
@@ -109,38 +110,69 @@ class DeliveryPlan:
 def deliver(duckdb, plan: DeliveryPlan, log: Callable[[str], None]) -> DeliveryTotals:
     """Send every event the plan selects and record each answer in the ledger."""
     totals = DeliveryTotals()
-    params = _params(plan)
-    with duckdb.get_connection() as conn:
-        totals.to_send = conn.execute(
-            COUNT_SQL.format(selection=SELECTIONS[plan.selection]),
-            {key: params[key] for key in ("day", "stores", "destination")},
-        ).fetchone()[0]
-    if totals.to_send == 0:
-        return totals
-    progress = Progress(totals.to_send, log)
-    days: dict[str, date] = {}
-
-    def record(batch: BatchDone) -> None:
-        write_batch(duckdb, plan.destination.ledger_name, batch, days)
-        totals.outcomes.update(outcome.outcome for outcome in batch.outcomes)
-        totals.requests += len(batch.attempts)
-
-    if plan.dry_run_dir is not None:
-        batch_no = 1
-        for page in _pages(duckdb, plan, days):
-            for batch in write_dry_run(plan.dry_run_dir, page, plan.batch_size, batch_no):
-                record(batch)
-                batch_no += 1
-        return totals
-    asyncio.run(_send_pages(duckdb, plan, record, progress, days))
-    log(progress.line())
+    # A crashed run's journal holds outcomes the ledger must know before choosing what to send.
+    import_journals(duckdb)
+    spool = journal_folder(duckdb) / f"due-{uuid.uuid4()}.parquet"
+    totals.to_send = _spool_due(duckdb, plan, spool)
+    try:
+        if totals.to_send:
+            _deliver_spooled(duckdb, plan, spool, totals, log)
+    finally:
+        spool.unlink(missing_ok=True)
     return totals
 
 
+def _spool_due(duckdb, plan: DeliveryPlan, spool: Path) -> int:
+    """Write the events due to a Parquet file in sending order; returns how many.
+
+    The query's result is streamed to the file in Arrow batches, so memory stays at a batch
+    whatever the day's size.
+    """
+    spool.parent.mkdir(parents=True, exist_ok=True)
+    count = 0
+    with duckdb.get_connection() as conn:
+        reader = conn.execute(DUE_SQL.format(selection=SELECTIONS[plan.selection]), {
+            "day": plan.day, "stores": plan.stores,
+            "destination": plan.destination.ledger_name,
+        }).to_arrow_reader(plan.page_size)
+        with pq.ParquetWriter(spool, reader.schema) as writer:
+            for batch in reader:
+                writer.write_batch(batch)
+                count += batch.num_rows
+    return count
+
+
+def _deliver_spooled(duckdb, plan: DeliveryPlan, spool: Path, totals, log) -> None:
+    progress = Progress(totals.to_send, log)
+    journal = Journal(journal_folder(duckdb))
+
+    def record(batch: BatchDone, days: dict[str, date]) -> None:
+        journal.append(plan.destination.ledger_name, batch, days)
+        totals.outcomes.update(outcome.outcome for outcome in batch.outcomes)
+        totals.requests += len(batch.attempts)
+
+    try:
+        if plan.dry_run_dir is not None:
+            batch_no = 1
+            for page, days in _pages(spool, plan.page_size):
+                for batch in write_dry_run(plan.dry_run_dir, page, plan.batch_size, batch_no):
+                    record(batch, days)
+                    batch_no += 1
+                journal.rotate()
+        else:
+            asyncio.run(_send_pages(duckdb, plan, spool, record, progress, journal))
+            log(progress.line())
+    finally:
+        journal.close()
+        import_journals(duckdb)
+
+
 async def _send_pages(
-    duckdb, plan: DeliveryPlan, record, progress: Progress, days: dict[str, date]
+    duckdb, plan: DeliveryPlan, spool: Path, record, progress: Progress, journal: Journal
 ) -> None:
+    """Send page after page; the next page is read, and the last imported, while one sends."""
     destination = plan.destination
+    pages = _pages(spool, plan.page_size)
     async with ConversionsClient(
         destination.base_url,
         destination.ad_account_id,
@@ -152,37 +184,26 @@ async def _send_pages(
         max_concurrency=plan.max_concurrency,
     ) as client:
         batch_no = 1
-        for page in _pages(duckdb, plan, days):
-            batch_no += await send_batches(client, page, plan.batch_size, plan.max_concurrency,
-                                           record, progress, first_batch_no=batch_no)
+        current = await asyncio.to_thread(next, pages, None)
+        while current is not None:
+            following = asyncio.create_task(asyncio.to_thread(next, pages, None))
+            page, days = current
+            batch_no += await send_batches(
+                client, page, plan.batch_size, plan.max_concurrency,
+                lambda batch, days=days: record(batch, days), progress, first_batch_no=batch_no,
+            )
+            # One journal file per page keeps each import small; they are moved into DuckDB
+            # when the run ends (or by the next run), not while requests are in flight.
+            journal.rotate()
+            current = await following
 
 
-def _pages(
-    duckdb, plan: DeliveryPlan, days: dict[str, date]
-) -> Iterator[list[tuple[str, bytes]]]:
-    """Pages of (event id, payload); `days` learns each event's partition for the ledger."""
-    params = _params(plan)
-    sql = EVENTS_SQL.format(selection=SELECTIONS[plan.selection])
-    while True:
-        with duckdb.get_connection() as conn:
-            rows = conn.execute(sql, params).fetchall()
-        if not rows:
-            return
-        days.clear()
-        days.update((event_id, day) for event_id, _, _, day in rows)
-        yield [(event_id, payload.encode()) for event_id, payload, _, _ in rows]
-        params["after_time"], params["after_id"] = rows[-1][2], rows[-1][0]
-
-
-def _params(plan: DeliveryPlan) -> dict:
-    return {
-        "day": plan.day,
-        "stores": plan.stores,
-        "destination": plan.destination.ledger_name,
-        "after_time": -1,
-        "after_id": "",
-        "page_size": plan.page_size,
-    }
+def _pages(spool: Path, page_size: int) -> Iterator[tuple[list[tuple[str, bytes]], dict]]:
+    """Pages of (event id, payload), each with its events' partition days for the ledger."""
+    for batch in pq.ParquetFile(spool).iter_batches(batch_size=page_size):
+        columns = batch.to_pydict()
+        ids, payloads, days = columns["event_id"], columns["payload"], columns["partition_date"]
+        yield list(zip(ids, payloads, strict=True)), dict(zip(ids, days, strict=True))
 
 
 REQUEST_SCHEMA = {
@@ -198,33 +219,155 @@ OUTCOME_SCHEMA = {
 }
 
 
-def write_batch(duckdb, destination: str, batch: BatchDone, days: dict[str, date]) -> None:
-    """Append one batch's requests and outcomes to the ledger in one transaction."""
-    now = datetime.now(UTC)
-    day = days[batch.outcomes[0].event_id] if batch.outcomes else None
-    requests = pl.DataFrame(
-        [
-            (attempt.request_id, destination, day, batch.batch_no, attempt.attempt,
-             attempt.events, attempt.status_code, attempt.latency_ms, attempt.error, now)
-            for attempt in batch.attempts
-        ],
-        schema=REQUEST_SCHEMA, orient="row",
-    )
-    outcomes = pl.DataFrame(
-        [
-            (destination, days.get(outcome.event_id, day), outcome.event_id,
-             outcome.outcome, outcome.attempts, outcome.request_id, outcome.error_message,
-             outcome.warning_message, now)
-            for outcome in batch.outcomes
-        ],
-        schema=OUTCOME_SCHEMA, orient="row",
-    )
+def journal_folder(duckdb) -> Path:
+    """Where a database's delivery journals live: beside the file, so they move with it."""
+    if duckdb.database == ":memory:":
+        return Path(tempfile.gettempdir()) / "capi_pipeline-journal"
+    return Path(f"{duckdb.database}.journal")
+
+
+class Journal:
+    """This run's outcomes on disk as each batch returns, locked while being written.
+
+    The lock tells other runs' importers that the file is live; a crashed run's lock is
+    released by the operating system, which makes its journal importable.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._file = None
+
+    def append(self, destination: str, batch: BatchDone, days: dict[str, date]) -> None:
+        """One line per batch, flushed to the operating system before the next batch.
+
+        A flush survives the process being killed; an fsync per batch would also survive the
+        machine losing power, at several milliseconds a batch, and a batch lost that way is
+        only sent again under the same event ids.
+        """
+        if self._file is None:
+            self._file = open(self.folder / f"{uuid.uuid4()}.ndjson", "ab")  # noqa: SIM115
+            fcntl.flock(self._file, fcntl.LOCK_EX)
+        now = datetime.now(UTC).isoformat()
+        first_day = days[batch.outcomes[0].event_id] if batch.outcomes else None
+        day_text: dict[date, str] = {}
+
+        def iso(day: date) -> str:
+            text = day_text.get(day)
+            if text is None:
+                text = day_text[day] = day.isoformat()
+            return text
+
+        entry = {
+            "destination": destination,
+            "recorded_at": now,
+            "requests": [
+                [attempt.request_id, iso(first_day), batch.batch_no, attempt.attempt,
+                 attempt.events, attempt.status_code, attempt.latency_ms, attempt.error]
+                for attempt in batch.attempts
+            ],
+            "outcomes": [
+                [iso(days.get(outcome.event_id, first_day)), *outcome]
+                for outcome in batch.outcomes
+            ],
+        }
+        self._file.write(orjson.dumps(entry) + b"\n")
+        self._file.flush()
+
+    def rotate(self) -> None:
+        """Close the current file so it can be imported; the next batch starts another."""
+        self.close()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+REQUEST_SCHEMA = {
+    "request_id": pl.String, "destination": pl.String, "partition_date": pl.Date,
+    "batch_no": pl.Int32, "attempt": pl.Int32, "events": pl.Int32, "status_code": pl.Int32,
+    "latency_ms": pl.Float64, "error": pl.String, "sent_at": pl.Datetime("us", "UTC"),
+}
+OUTCOME_SCHEMA = {
+    "destination": pl.String, "partition_date": pl.Date, "event_id": pl.String,
+    "outcome": pl.String, "attempts": pl.Int32, "request_id": pl.String,
+    "error_message": pl.String, "warning_message": pl.String,
+    "recorded_at": pl.Datetime("us", "UTC"),
+}
+# A journal may be imported twice (a crash between the insert and the file's removal): the
+# journal's id is recorded in the same transaction as its rows, and a known id is skipped.
+JOURNAL_SEEN_SQL = "SELECT count(*) FROM delivery.imported_journals WHERE journal_id = ?"
+
+
+def import_journals(duckdb) -> int:
+    """Move every journal no run is writing into the ledger tables; returns outcomes moved."""
+    folder = journal_folder(duckdb)
+    moved = 0
+    for path in sorted(folder.glob("*.ndjson")) if folder.is_dir() else []:
+        try:
+            handle = open(path, "rb")  # noqa: SIM115
+        except FileNotFoundError:
+            continue
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            requests, outcomes = _journal_rows(handle.read())
+            moved += _import(duckdb, path.stem, requests, outcomes)
+            path.unlink(missing_ok=True)
+    return moved
+
+
+def _journal_rows(data: bytes) -> tuple[dict[str, list], dict[str, list]]:
+    """The journal's requests and outcomes as columns, ready for polars."""
+    requests: dict[str, list] = {name: [] for name in REQUEST_SCHEMA}
+    outcomes: dict[str, list] = {name: [] for name in OUTCOME_SCHEMA}
+    day_cache: dict[str, date] = {}
+
+    def day_of(text: str) -> date:
+        day = day_cache.get(text)
+        if day is None:
+            day = day_cache[text] = date.fromisoformat(text)
+        return day
+
+    for line in data.split(b"\n"):
+        try:
+            entry = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            # The last line of a journal killed mid-write is incomplete; its batch has no
+            # outcome and is sent again.
+            continue
+        destination = entry["destination"]
+        recorded_at = datetime.fromisoformat(entry["recorded_at"])
+        for row in entry["requests"]:
+            for name, value in zip(REQUEST_SCHEMA, [row[0], destination, day_of(row[1]),
+                                                    *row[2:], recorded_at], strict=True):
+                requests[name].append(value)
+        count = len(entry["outcomes"])
+        columns = list(zip(*entry["outcomes"], strict=True)) if count else [()] * 7
+        outcomes["destination"].extend([destination] * count)
+        outcomes["partition_date"].extend(day_of(text) for text in columns[0])
+        for name, values in zip(list(OUTCOME_SCHEMA)[2:8], columns[1:], strict=True):
+            outcomes[name].extend(values)
+        outcomes["recorded_at"].extend([recorded_at] * count)
+    return requests, outcomes
+
+
+def _import(duckdb, journal_id: str, requests: dict, outcomes: dict) -> int:
+    journal_requests = pl.DataFrame(requests, schema=REQUEST_SCHEMA)  # noqa: F841
+    journal_outcomes = pl.DataFrame(outcomes, schema=OUTCOME_SCHEMA)  # noqa: F841
     with duckdb.get_connection() as conn:
+        if conn.execute(JOURNAL_SEEN_SQL, [journal_id]).fetchone()[0]:
+            return 0
         conn.execute("BEGIN TRANSACTION")
         try:
-            insert_frame(conn, "delivery.requests", requests)
-            insert_frame(conn, "delivery.event_outcomes", outcomes)
+            conn.execute("INSERT INTO delivery.requests SELECT * FROM journal_requests")
+            conn.execute("INSERT INTO delivery.event_outcomes SELECT * FROM journal_outcomes")
+            conn.execute("INSERT INTO delivery.imported_journals VALUES (?, now())", [journal_id])
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+    return len(outcomes["event_id"])

@@ -190,6 +190,12 @@ CREATE TABLE IF NOT EXISTS delivery.event_outcomes (
     recorded_at TIMESTAMPTZ NOT NULL
 );
 
+-- Delivery journals already moved into the two tables above, so none is imported twice.
+CREATE TABLE IF NOT EXISTS delivery.imported_journals (
+    journal_id VARCHAR NOT NULL,
+    imported_at TIMESTAMPTZ NOT NULL
+);
+
 CREATE OR REPLACE VIEW delivery.event_status AS
 SELECT *
 FROM delivery.event_outcomes
