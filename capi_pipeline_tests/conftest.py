@@ -30,10 +30,10 @@ class Pipeline:
         return {
             "duckdb": WarehouseResource(database=str(self.database)),
             "settings": PipelineSettings(landing_dir=str(self.landing), **self.settings),
-            "pinterest": PinterestResource(
-                base_url=self.base_url, ad_account_id=AD_ACCOUNT, access_token=TOKEN,
+            "pinterest": PinterestResource(**{
+                "base_url": self.base_url, "ad_account_id": AD_ACCOUNT, "access_token": TOKEN,
                 **pinterest,
-            ),
+            }),
             "dbt": definitions.defs.resources["dbt"],
         }
 

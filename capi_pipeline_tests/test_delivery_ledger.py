@@ -182,3 +182,65 @@ def test_sigkill_mid_send_then_rerun_delivers_everything_once(tmp_path):
 def pipeline(tmp_path, emulator) -> Pipeline:
     emulator.reset()
     return Pipeline(tmp_path / "pipeline", emulator.base_url)
+
+
+FAULTS = {
+    "random_429": {"rate_429": 0.3, "seed": 3},
+    "random_503": {"error_rate": 0.3, "seed": 4},
+    "dropped_before_processing": {"drop_rate": 0.3, "seed": 5},
+    "dropped_after_processing": {"drop_after_rate": 0.3, "seed": 6},
+    "rate_limit_per_second": {"rate_limit_per_second": 3},
+    "per_event_failures": {"event_fail_rate": 0.2, "seed": 7},
+}
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_each_fault_ends_with_every_event_accounted_for_once(tmp_path, fault):
+    with EmulatorProcess(token=TOKEN, **FAULTS[fault]) as faulty:
+        pipeline = Pipeline(tmp_path, faulty.base_url)
+        ids = land(pipeline, 60)
+        assert pipeline.run(str(DAY), batch_size=10, max_concurrency=3,
+                            calls_per_minute=100_000).success
+        stats = faulty.stats()
+    counts = stats["processed_by_event_id"]
+    status = dict(pipeline.query(
+        "SELECT event_id, outcome FROM delivery.event_status WHERE outcome <> 'skipped'"))
+    assert set(status) == set(ids)
+
+    if fault == "per_event_failures":
+        failed = {event_id for event_id, outcome in status.items() if outcome == "dead_letter"}
+        assert failed and failed.isdisjoint(counts)
+        assert {event_id for event_id, outcome in status.items() if outcome == "delivered"} == (
+            set(ids) - failed)
+        messages = {row[0] for row in pipeline.query(
+            "SELECT error_message FROM delivery.event_status WHERE outcome = 'dead_letter'")}
+        assert messages == {"Event rejected by emulator fault injection"}
+        return
+
+    assert set(status.values()) == {"delivered"} and set(counts) == set(ids)
+    statuses = [row[0] for row in pipeline.query("SELECT status_code FROM delivery.requests")]
+    if fault == "dropped_after_processing":
+        # A response lost in flight is sent again under the same event ids: only those
+        # batches' events can be counted twice, which Pinterest de-duplicates.
+        resent = sum(1 for count in counts.values() if count == 2)
+        assert stats["dropped_after_processing"] >= 1 and statuses.count(None) >= 1
+        assert resent == 10 * stats["dropped_after_processing"]
+        assert max(counts.values()) == 2
+    else:
+        assert max(counts.values()) == 1
+        expected = {"random_429": 429, "random_503": 503, "rate_limit_per_second": 429,
+                    "dropped_before_processing": None}[fault]
+        assert expected in statuses and statuses.count(200) == 6
+
+
+def test_wrong_token_fails_the_run_naming_the_setting_and_marks_nothing(tmp_path, emulator):
+    pipeline = Pipeline(tmp_path, emulator.base_url)
+    land(pipeline, 3)
+    result = pipeline.run(str(DAY), access_token="not-the-token")
+    assert not result.success
+    failure = next(event for event in result.all_events if event.is_step_failure)
+    message = str(failure.step_failure_data.error)
+    assert "HTTP 401" in message and "PINTEREST_ACCESS_TOKEN" in message
+    assert "not-the-token" not in message
+    assert pipeline.scalar(
+        "SELECT count(*) FROM delivery.event_outcomes WHERE outcome <> 'skipped'") == 0

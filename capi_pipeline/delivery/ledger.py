@@ -131,7 +131,7 @@ def _spool_due(duckdb, plan: DeliveryPlan, spool: Path) -> int:
     spool.parent.mkdir(parents=True, exist_ok=True)
     count = 0
     with duckdb.get_connection() as conn:
-        reader = conn.execute(DUE_SQL.format(selection=SELECTIONS[plan.selection]), {
+        reader = conn.sql(DUE_SQL.format(selection=SELECTIONS[plan.selection]), params={
             "day": plan.day, "stores": plan.stores,
             "destination": plan.destination.ledger_name,
         }).to_arrow_reader(plan.page_size)
