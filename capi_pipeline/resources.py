@@ -10,6 +10,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from dagster import ConfigurableResource, EnvVar
 from dagster_duckdb import DuckDBResource
@@ -97,6 +98,11 @@ class PinterestResource(ConfigurableResource):
     destinations_file: str | None = Field(
         default=None, description="TOML file routing stores to ad accounts (see README)."
     )
+    destination_name: str | None = Field(
+        default=None,
+        description="The ledger's name for the single destination; by default pinterest:<id> "
+        "at Pinterest and <host>:<id> anywhere else, so an emulator's ledger is its own.",
+    )
     test_mode: bool = Field(default=False, description="Send ?test=true: Pinterest records none.")
     dry_run_dir: str | None = Field(
         default=None, description="Write request bodies to this folder instead of sending."
@@ -118,12 +124,17 @@ class PinterestResource(ConfigurableResource):
         if self.destinations_file:
             found = load_destinations(Path(self.destinations_file), self.base_url, self.test_mode)
         else:
-            if not self.ad_account_id:
+            if not self.ad_account_id or not self.ad_account_id.isdigit():
                 raise DestinationsError(
-                    "set PINTEREST_AD_ACCOUNT_ID (or CAPI_DESTINATIONS_FILE) to send events"
+                    "set PINTEREST_AD_ACCOUNT_ID to the ad account's id (digits only), or "
+                    "CAPI_DESTINATIONS_FILE, to send events"
                 )
+            host = urlsplit(self.base_url).netloc or self.base_url
+            default_name = ("pinterest" if host == urlsplit(DEFAULT_API_BASE_URL).netloc
+                            else host)
             found = [Destination(
-                name=f"pinterest:{self.ad_account_id}", base_url=self.base_url,
+                name=self.destination_name or f"{default_name}:{self.ad_account_id}",
+                base_url=self.base_url,
                 ad_account_id=self.ad_account_id, token_env="PINTEREST_ACCESS_TOKEN",
                 stores=(CATCH_ALL,), test_mode=self.test_mode, access_token=self.access_token,
             )]
@@ -166,6 +177,7 @@ def _pinterest_from_environment() -> PinterestResource:
         test_mode=_env_flag("PINTEREST_TEST_MODE"),
         dry_run_dir=os.environ.get("CAPI_DRY_RUN_DIR") or None,
         resend=_env_flag("CAPI_RESEND"),
+        destination_name=os.environ.get("CAPI_DESTINATION_NAME") or None,
         batch_size=int(_env("PINTEREST_BATCH_SIZE", "1000")),
         max_concurrency=int(_env("PINTEREST_MAX_CONCURRENCY", "8")),
         calls_per_minute=int(_env("PINTEREST_CALLS_PER_MINUTE", "5000")),

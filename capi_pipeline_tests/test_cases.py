@@ -238,3 +238,45 @@ def test_order_reported_either_side_of_midnight_is_sent_once(tmp_path, emulator,
     skipped = pipeline.query(
         "SELECT event_id FROM capi.pinterest_events WHERE skip_reason = 'duplicate_order'")
     assert len(skipped) == 1 and skipped[0][0] != expected
+
+
+def test_free_text_and_urls_never_carry_contacts_to_pinterest():
+    from capi_pipeline.enrich.payload import click_id, page_url, safe_text
+
+    assert page_url("https://shop.example.com/account?e=a%40b.example&phone=%2B14155550177") == (
+        "https://shop.example.com/account")
+    assert page_url("https://shop.example.com/u/jane@example.com/orders") is None
+    assert page_url("https://shop.example.com/68875616470/checkouts/abc/thank_you") == (
+        "https://shop.example.com/68875616470/checkouts/abc/thank_you")
+    assert safe_text("call me +1 415 555 0188") is None
+    assert safe_text("jane@example.com") is None
+    assert safe_text("snowboard liquid") == "snowboard liquid"
+    assert click_id("dj0yJnU9bGFuZGluZw") == "dj0yJnU9bGFuZGluZw"
+    assert click_id("jane@example.com") is None
+
+
+def test_a_shared_token_or_kiosk_does_not_weld_strangers(tmp_path, emulator):
+    from capi_pipeline_tests.conftest import Pipeline
+
+    emulator.reset()
+    pipeline = Pipeline(tmp_path, emulator.base_url)
+    shop = "https://shop.example.com"
+    lines = [
+        pixel("checkout_completed", f"weld-{n}", f"client-weld-{n}",
+              NOON + timedelta(minutes=n), f"{shop}/thank_you",
+              checkout(f"buyer{n}@example.com", f"90{n:02d}", 10, 11, "same-token"))
+        for n in range(30)
+    ]
+    (pipeline.landing / "events.ndjson").write_text(
+        "\n".join(json.dumps(line) for line in lines) + "\n")
+    assert pipeline.run(str(DAY)).success
+    assert pipeline.scalar("SELECT max(identifiers) FROM identity.visitor_profiles") <= 3
+    reasons = pipeline.query("SELECT DISTINCT reason FROM identity.refused_edges")
+    assert reasons and all("checkout token" in reason for (reason,) in reasons)
+    # Each buyer's checkout carries their own email hash only.
+    import hashlib
+
+    for event in (e for body in emulator.bodies() for e in body["data"]):
+        number = int(event["event_id"].split("-")[1])
+        assert event["user_data"]["em"] == [
+            hashlib.sha256(f"buyer{number}@example.com".encode()).hexdigest()]

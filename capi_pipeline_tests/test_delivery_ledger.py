@@ -40,6 +40,11 @@ def land(pipeline: Pipeline, count: int, stores=("shop-a.example.com",)) -> list
     return ids
 
 
+def ledger_name(pipeline: Pipeline) -> str:
+    """The single destination's ledger name: the emulator's host and port, then the account."""
+    return f"{pipeline.base_url.split('://', 1)[1]}:{AD_ACCOUNT}"
+
+
 def outcomes(pipeline: Pipeline) -> list[tuple]:
     return pipeline.query(
         "SELECT destination, outcome, count(*) FROM delivery.event_status GROUP BY ALL ORDER BY 1")
@@ -56,23 +61,25 @@ def test_resend_sends_everything_again_on_purpose(pipeline, emulator):
 
 
 def test_replay_sends_dead_letters_again_after_a_fix(tmp_path):
+    # Both emulators stand for one Pinterest, so the ledger gets one name for them.
+    named = {"destination_name": "pinterest:store"}
     with EmulatorProcess(token=TOKEN, max_age_days=0.9) as strict:
         pipeline = Pipeline(tmp_path, strict.base_url)
         ids = land(pipeline, 4)
-        assert pipeline.run(str(DAY)).success
-        assert outcomes(pipeline) == [(f"pinterest:{AD_ACCOUNT}", "dead_letter", 4)]
+        assert pipeline.run(str(DAY), **named).success
+        assert outcomes(pipeline) == [("pinterest:store", "dead_letter", 4)]
         message = pipeline.scalar("SELECT any_value(error_message) FROM delivery.event_status")
         assert message
     with EmulatorProcess(token=TOKEN) as fixed:
         pipeline.base_url = fixed.base_url
         result = replay_dead_letters_job.execute_in_process(
-            resources=pipeline.resources(),
+            resources=pipeline.resources(**named),
             run_config={"ops": {"replay_dead_letters": {"config": {
                 "partition_date": str(DAY)}}}},
         )
         assert result.success
         assert fixed.stats()["processed_by_event_id"] == {event_id: 1 for event_id in ids}
-    assert outcomes(pipeline) == [(f"pinterest:{AD_ACCOUNT}", "delivered", 4)]
+    assert outcomes(pipeline) == [("pinterest:store", "delivered", 4)]
     # The ledger keeps the history: the dead letters stay, the delivery follows them.
     assert pipeline.scalar("SELECT count(*) FROM delivery.event_outcomes") == 8
 
@@ -125,7 +132,7 @@ def test_test_mode_has_its_own_ledger_and_pinterest_records_nothing(pipeline, em
     assert pipeline.run(str(DAY), test_mode=True).success
     stats = emulator.stats()
     assert stats["test_events_processed"] == 3 and stats["bodies_recorded"] == 0
-    assert outcomes(pipeline) == [(f"pinterest:{AD_ACCOUNT}:test", "delivered", 3)]
+    assert outcomes(pipeline) == [(f"{ledger_name(pipeline)}:test", "delivered", 3)]
     # A live run afterwards still sends everything: test sends never count as delivered.
     assert pipeline.run(str(DAY), selection=DELIVERY).success
     assert len(emulator.stats()["processed_by_event_id"]) == 3
@@ -175,7 +182,7 @@ def test_sigkill_mid_send_then_rerun_delivers_everything_once(tmp_path):
     twice = [event_id for event_id, count in counts.items() if count > 1]
     # Only batches in flight at the kill (two requests of ten) can have been sent twice.
     assert len(twice) <= 20 and all(counts[event_id] == 2 for event_id in twice)
-    assert outcomes(pipeline) == [(f"pinterest:{AD_ACCOUNT}", "delivered", 400)]
+    assert outcomes(pipeline) == [(ledger_name(pipeline), "delivered", 400)]
 
 
 @pytest.fixture

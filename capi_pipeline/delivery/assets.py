@@ -111,9 +111,15 @@ def delivery_ledger(
     })
     context.log.info(f"partition {day}: {summary} in {seconds:.1f}s")
     if outcomes["pending"]:
-        context.log.warning(
-            f"{outcomes['pending']} events are still pending after retries; the next run of "
-            f"partition {day} sends them again"
+        # Recorded, so nothing is lost; failing makes the schedule's run retries and alerts
+        # see it instead of a green run that sent nothing.
+        raise Failure(
+            description=(
+                f"{outcomes['pending']} events are still pending after retries (Pinterest or "
+                f"the network kept failing; see delivery.requests). Nothing is lost: the next "
+                f"run of partition {day} sends them again."
+            ),
+            metadata=metadata,
         )
     yield MaterializeResult(asset_key=EVENT_OUTCOMES, metadata=metadata)
     yield MaterializeResult(asset_key=REQUESTS, metadata={"requests": metadata["requests"]})
@@ -156,12 +162,14 @@ def _deliver(context, duckdb: WarehouseResource, plan: DeliveryPlan) -> Delivery
         destination = plan.destination
         account = ("PINTEREST_AD_ACCOUNT_ID" if destination.token_env == "PINTEREST_ACCESS_TOKEN"
                    else f"ad_account_id of destination {destination.name!r}")
-        fix = (
-            f"Set {destination.token_env} to a valid conversion access token"
-            if error.status_code == 401 else
-            f"Check {account}={destination.ad_account_id}: the token's user must own that ad "
-            "account or hold a Business Access role on it"
-        )
+        if error.status_code == 401:
+            fix = f"Set {destination.token_env} to a valid conversion access token"
+        elif error.status_code == 403:
+            fix = (f"Check {account}={destination.ad_account_id}: the token's user must own "
+                   "that ad account or hold a Business Access role on it")
+        else:
+            fix = (f"Check PINTEREST_API_BASE_URL={destination.base_url}: it should be the "
+                   "API's root, such as https://api.pinterest.com, without /v5")
         raise Failure(
             description=(
                 f"{destination.ledger_name}: Pinterest refused the request ({error}). {fix}. "

@@ -79,7 +79,7 @@ def load_destinations(path: Path, default_base_url: str, test_mode: bool) -> lis
         if missing:
             raise DestinationsError(f"{path}: destination {number} lacks {', '.join(missing)}")
         account = str(entry["ad_account_id"])
-        if not account.isdigit():
+        if not account.isdigit() or len(account) > 18:
             raise DestinationsError(f"{path}: destination {entry['name']!r}: ad_account_id "
                                     "must be digits")
         destinations.append(Destination(

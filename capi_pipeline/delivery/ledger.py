@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import re
 import tempfile
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -110,16 +112,38 @@ class DeliveryPlan:
 def deliver(duckdb, plan: DeliveryPlan, log: Callable[[str], None]) -> DeliveryTotals:
     """Send every event the plan selects and record each answer in the ledger."""
     totals = DeliveryTotals()
-    # A crashed run's journal holds outcomes the ledger must know before choosing what to send.
-    import_journals(duckdb)
-    spool = journal_folder(duckdb) / f"due-{uuid.uuid4()}.parquet"
-    totals.to_send = _spool_due(duckdb, plan, spool)
-    try:
-        if totals.to_send:
-            _deliver_spooled(duckdb, plan, spool, totals, log)
-    finally:
-        spool.unlink(missing_ok=True)
+    with destination_lock(duckdb, plan.destination, log):
+        # A crashed run's journal holds outcomes the ledger must know before choosing what to
+        # send.
+        import_journals(duckdb)
+        spool = journal_folder(duckdb) / f"due-{uuid.uuid4()}.parquet"
+        totals.to_send = _spool_due(duckdb, plan, spool)
+        try:
+            if totals.to_send:
+                _deliver_spooled(duckdb, plan, spool, totals, log)
+        finally:
+            spool.unlink(missing_ok=True)
     return totals
+
+
+@contextmanager
+def destination_lock(duckdb, destination: Destination, log: Callable[[str], None]):
+    """One sender per destination at a time, across processes.
+
+    Two runs choosing what is due at once would both send it. The second waits until the
+    first has sent and recorded everything, then finds nothing left to send. It also keeps
+    two runs from sharing one ad account's rate limit without knowing of each other.
+    """
+    folder = journal_folder(duckdb)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", destination.ledger_name)
+    with open(folder / f"{name}.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"another run is sending to {destination.ledger_name}; waiting for it")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def _spool_due(duckdb, plan: DeliveryPlan, spool: Path) -> int:

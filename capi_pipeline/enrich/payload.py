@@ -8,12 +8,15 @@ email, phone, name or address: only hashes and the fields Pinterest takes unhash
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from capi_pipeline.enrich.normalize import hash_field
+from capi_pipeline.identity.graph import is_junk_email
 
 # The pipeline's event types and the Pinterest events they become. Types not listed here
 # (cart views, checkout steps, identify calls...) are never sent under any name. Shopify fires
@@ -30,6 +33,43 @@ PINTEREST_EVENTS = {
     "lead": "lead",
 }
 ADDRESS_FIELDS = {"ct": "city", "st": "state", "zp": "zip", "country": "country"}
+
+# Free text that reaches Pinterest unhashed must not carry a person: anything shaped like an
+# email address or a phone number drops the field.
+_EMAIL_SHAPED = re.compile(r"[^\s@/?&=]+(?:@|%40)[^\s@/?&=]+\.[A-Za-z]{2,}")
+_PHONE_SHAPED = re.compile(r"(?:\+|%2B)?(?:\d[\s().-]*){7,}")
+# Pinterest's click ids are base64url text; anything else in an `epik` is not one.
+_CLICK_ID = re.compile(r"^[A-Za-z0-9_\-=.~]{6,1024}$")
+
+
+def safe_text(value: object) -> str | None:
+    """Free text for Pinterest, or None when it looks like it holds an email or phone."""
+    if value is None:
+        return None
+    text = str(value)
+    if _EMAIL_SHAPED.search(text) or _PHONE_SHAPED.search(text):
+        return None
+    return text
+
+
+def page_url(url: str | None) -> str | None:
+    """The page's address without query or fragment, where forms and links leak contacts."""
+    if not url:
+        return None
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return None
+    # Paths hold long digit runs (shop and order ids), so only the email shape is checked.
+    address = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+    return None if _EMAIL_SHAPED.search(address) else address
+
+
+def click_id(value: str | None) -> str | None:
+    """A Pinterest click id, or None for a value that cannot be one."""
+    return value if value and _CLICK_ID.match(value) else None
 
 
 @dataclass(frozen=True)
@@ -57,7 +97,8 @@ def build_event(row: dict[str, Any], rules: EnrichRules) -> PinterestEvent:
     country = row.get("country") or row.get("profile_country")
     user_data: dict[str, Any] = {}
 
-    _add_hashes(user_data, "em", [row.get("email"), row.get("profile_email")], country, rules)
+    emails = [row.get("email"), row.get("profile_email")]
+    _add_hashes(user_data, "em", [email for email in emails if not _junk(email)], country, rules)
     _add_hashes(user_data, "ph", [row.get("phone"), row.get("profile_phone")], country, rules)
     for field, column in (("fn", "first_name"), ("ln", "last_name")):
         _add_hashes(user_data, field, [row.get(column) or row.get(f"profile_{column}")],
@@ -81,14 +122,14 @@ def build_event(row: dict[str, Any], rules: EnrichRules) -> PinterestEvent:
     if user_agent:
         user_data["client_user_agent"] = user_agent
 
-    click_id, from_profile = row.get("click_id"), False
+    clicked, from_profile = click_id(row.get("click_id")), False
     event_time: datetime = row["event_time"]
-    if not click_id and row.get("profile_click_id"):
+    if not clicked and click_id(row.get("profile_click_id")):
         clicked_at = row.get("profile_click_time")
         if clicked_at is not None and event_time - clicked_at <= rules.attribution_window:
-            click_id, from_profile = row["profile_click_id"], True
-    if click_id:
-        user_data["click_id"] = click_id
+            clicked, from_profile = row["profile_click_id"], True
+    if clicked:
+        user_data["click_id"] = clicked
 
     payload: dict[str, Any] = {
         "event_name": PINTEREST_EVENTS[row["event_type"]],
@@ -97,12 +138,20 @@ def build_event(row: dict[str, Any], rules: EnrichRules) -> PinterestEvent:
         "event_id": row["event_id"],
         "user_data": user_data,
     }
-    if row.get("page_url"):
-        payload["event_source_url"] = row["page_url"]
+    source_url = page_url(row.get("page_url"))
+    if source_url:
+        payload["event_source_url"] = source_url
     custom_data = _custom_data(row)
     if custom_data:
         payload["custom_data"] = custom_data
     return PinterestEvent(payload, _skip_reason(row, user_data, rules), from_profile)
+
+
+def _junk(email: str | None) -> bool:
+    """Placeholder addresses (test@test.com...) match nobody; sending them only adds noise."""
+    if email is None:
+        return False
+    return is_junk_email(email.strip().lower(), frozenset())
 
 
 def _add_hashes(
@@ -156,8 +205,9 @@ def _custom_data(row: dict[str, Any]) -> dict[str, Any]:
         custom["num_items"] = int(row["num_items"])
     if row.get("order_id"):
         custom["order_id"] = str(row["order_id"])
-    if row.get("search_string"):
-        custom["search_string"] = row["search_string"]
+    search = safe_text(row.get("search_string"))
+    if search:
+        custom["search_string"] = search
     return custom
 
 
@@ -171,8 +221,9 @@ def _content(item: dict[str, Any]) -> dict[str, Any]:
         content["quantity"] = int(item["quantity"])
     for key, column in (("item_name", "name"), ("item_category", "category"),
                         ("item_brand", "brand")):
-        if item.get(column):
-            content[key] = str(item[column])
+        text = safe_text(item.get(column))
+        if text:
+            content[key] = text
     return content
 
 

@@ -156,6 +156,17 @@ UNION ALL
 SELECT client_node,
        'hub: ' || count(*) || ' people on one client id, limit ' || $2
 FROM pairs GROUP BY client_node HAVING count(*) > $2
+UNION ALL
+-- A cart or checkout token belongs to one shopping session: one shared by several people is a
+-- placeholder or a collector bug.
+SELECT t.node_key,
+       'hub: ' || count(DISTINCT p.node_key) || ' people on one ' || any_value(t.kind)
+       || ' token, limit ' || $2
+FROM event_nodes t
+JOIN event_nodes p ON p.event_key = t.event_key
+WHERE t.kind IN ('checkout', 'cart') AND p.kind IN ('customer', 'email', 'phone', 'client')
+GROUP BY t.node_key
+HAVING count(DISTINCT p.node_key) > $2 * 2
 """
 
 # Each event joins its identifiers in a star around the first one, which connects them all

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import orjson
 import polars as pl
-from dagster import AssetExecutionContext, AssetSpec, MaterializeResult, MetadataValue, multi_asset
+from dagster import (
+    AssetExecutionContext,
+    AssetSpec,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    multi_asset,
+)
 
 from capi_pipeline.ingest.landing import UnreadableFile, landing_files, read_lines
 from capi_pipeline.ingest.parse import Message, Rejected, parse_line
@@ -86,7 +93,14 @@ def raw_events(
     skew = timedelta(seconds=settings.max_future_skew_seconds)
     accepted: list[dict] = []
     rejected: list[dict] = []
-    files = landing_files(Path(settings.landing_dir))
+    landing = Path(settings.landing_dir)
+    if not landing.is_dir():
+        raise Failure(
+            description=f"CAPI_LANDING_DIR={landing} is not a folder: set it to where the "
+            "collectors write their NDJSON files. Nothing was changed.",
+            allow_retries=False,
+        )
+    files = landing_files(landing)
 
     for landed in files:
         try:
@@ -96,19 +110,44 @@ def raw_events(
                 rejected.append(_rejection(day, landed.name, 0, Rejected(
                     "unreadable_file", str(error)[:200], landed.path.stat().st_size, "")))
             continue
+        undated: list[tuple[int, Rejected]] = []
+        days: Counter = Counter()
         for line_no, raw in lines:
             for result in parse_line(raw, now, skew):
                 if isinstance(result, Message):
+                    days[result.event_time.date()] += 1
                     if result.event_time.date() == day:
                         accepted.append(_row(day, landed.name, line_no, result))
-                elif (result.event_time.date() if result.event_time else landed.landed_on) == day:
-                    rejected.append(_rejection(day, landed.name, line_no, result))
+                elif result.event_time is not None:
+                    if result.event_time.date() == day:
+                        rejected.append(_rejection(day, landed.name, line_no, result))
+                else:
+                    undated.append((line_no, result))
+        # A line without a time belongs to the day most of its file's events fall on, which a
+        # file still being appended to does not change; the path's date or the file's
+        # modification day only when nothing in the file has a time.
+        home = days.most_common(1)[0][0] if days else landed.landed_on
+        if home == day:
+            rejected.extend(_rejection(day, landed.name, line_no, result)
+                            for line_no, result in undated)
 
     events = pl.DataFrame(accepted, schema=RAW_SCHEMA, orient="row")
     rejections = pl.DataFrame(rejected, schema=REJECTED_SCHEMA, orient="row")
     with duckdb.get_connection() as conn:
-        replace_partition(conn, "raw.events", day, events)
-        replace_partition(conn, "raw.rejected_lines", day, rejections)
+        held = conn.execute("SELECT count(*) FROM raw.events WHERE partition_date = ?",
+                            [day]).fetchone()[0]
+        if held and not accepted and not rejected:
+            # The landing files for this day are gone (moved, purged); the day's rows stay
+            # rather than being replaced by nothing.
+            context.log.warning(
+                f"partition {day}: no landing line falls on this day any more; keeping the "
+                f"{held} rows raw.events already holds"
+            )
+            accepted_count = held
+        else:
+            replace_partition(conn, "raw.events", day, events)
+            replace_partition(conn, "raw.rejected_lines", day, rejections)
+            accepted_count = len(accepted)
 
     reasons = Counter(row["reason"] for row in rejected)
     formats = Counter(row["source_format"] for row in accepted)
@@ -121,7 +160,7 @@ def raw_events(
         asset_key=RAW_EVENTS,
         metadata={
             **common,
-            "dagster/row_count": len(accepted),
+            "dagster/row_count": accepted_count,
             "accepted": len(accepted),
             **{f"format_{name}": count for name, count in sorted(formats.items())},
         },

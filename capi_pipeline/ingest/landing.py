@@ -11,6 +11,8 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 SUFFIXES = (".ndjson", ".jsonl", ".ndjson.gz", ".jsonl.gz")
+GZIP_MAGIC = b"\x1f\x8b"
+UTF8_BOM = b"\xef\xbb\xbf"
 _DATE_IN_PATH = re.compile(r"(\d{4}-\d{2}-\d{2})")
 
 
@@ -46,7 +48,7 @@ def landing_files(landing_dir: Path) -> list[LandedFile]:
         return []
     files = [
         path for path in landing_dir.rglob("*")
-        if path.is_file() and path.name.endswith(SUFFIXES)
+        if path.is_file() and path.name.lower().endswith(SUFFIXES)
     ]
     return [LandedFile(path, path.relative_to(landing_dir).as_posix()) for path in sorted(files)]
 
@@ -59,11 +61,13 @@ def read_lines(landed: LandedFile) -> Iterator[tuple[int, bytes]]:
     """
     try:
         data = landed.path.read_bytes()
-        if landed.name.endswith(".gz"):
+        # A file named .gz that is not gzip (a collector that forgot to compress) is read as
+        # it is rather than lost.
+        if landed.name.lower().endswith(".gz") and data[:2] == GZIP_MAGIC:
             data = gzip.decompress(data)
     except (OSError, EOFError, zlib.error) as error:
         raise UnreadableFile(f"{type(error).__name__}: {error}") from error
-    lines = data.split(b"\n")
+    lines = data.removeprefix(UTF8_BOM).split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
     for number, line in enumerate(lines, start=1):

@@ -93,6 +93,8 @@ def parse_line(raw: bytes, now: datetime, max_skew: timedelta) -> list[Message |
         if isinstance(value, Rejected):
             return [Rejected(value.reason, value.detail, len(raw), head)]
 
+    if value.get("batch") == []:
+        return reject("empty_batch", "a Segment batch with no messages")
     if isinstance(value.get("batch"), list):
         # A batch's own send and receipt times belong to every message in it.
         shared = {key: value[key] for key in ("sentAt", "receivedAt") if key in value}
@@ -150,6 +152,10 @@ def _message(
     source_format, name, event_id, raw_time = shape
     event_time, flags = _event_time(source_format, body, raw_time, envelope)
     flags = set(flags) | set(envelope.extra_flags)
+    if event_time is None and envelope.received_at is not None:
+        # The collector saw the event arrive; that beats losing it for a broken device clock.
+        event_time = envelope.received_at
+        flags = (flags - {"bad_time"}) | {"time_from_receipt"}
     if event_time is None:
         return Rejected("missing_time", "no readable event time", 0, "")
 
@@ -197,8 +203,8 @@ def detect_shape(body: dict, topic: str | None) -> tuple[str, str | None, str | 
             topic = "orders/cancelled" if clean(body.get("cancelled_at")) else "orders/create"
         order_id = clean(body.get("id"))
         event_id = f"order-{order_id}-{topic.split('/')[1]}" if order_id else None
-        raw_time = body.get("cancelled_at") if topic == "orders/cancelled" else (
-            body.get("processed_at") or body.get("created_at")
+        raw_time = (body.get("cancelled_at") if topic == "orders/cancelled" else None) or (
+            body.get("processed_at") or body.get("created_at") or body.get("updated_at")
         )
         return "shopify_webhook", topic, event_id, raw_time
     return None

@@ -24,11 +24,16 @@ from tenacity import (
 )
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+# Answers about the request's credentials or address, not its events: no event is at fault.
+REFUSING_STATUS = frozenset({401, 403, 404, 405})
 MAX_BACKOFF_SECONDS = 60.0
 
 
 class PinterestAuthError(Exception):
-    """Pinterest refused the token (401) or the ad account (403): retrying cannot help."""
+    """Pinterest refused the token (401), the ad account (403) or the address (404, 405).
+
+    Retrying cannot help and no event is to blame, so the run stops and marks nothing.
+    """
 
     def __init__(self, message: str, status_code: int) -> None:
         super().__init__(message)
@@ -119,7 +124,7 @@ class ConversionsClient:
             response.status_code, response.body = outcome.status_code, outcome.body
             response.error = outcome.attempt.error
             response.attempts.append(outcome.attempt)
-            if outcome.status_code in (401, 403):
+            if outcome.status_code in REFUSING_STATUS:
                 raise PinterestAuthError(outcome.attempt.error, outcome.status_code)
         return response
 

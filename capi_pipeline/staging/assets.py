@@ -13,7 +13,7 @@ from capi_pipeline.lib.duck import replace_partition
 from capi_pipeline.lib.tags import WRITER
 from capi_pipeline.partitions import daily_partitions, partition_day
 from capi_pipeline.resources import WarehouseResource
-from capi_pipeline.staging.extract import extract
+from capi_pipeline.staging.extract import content_event_id, extract
 
 ITEM = pl.Struct(
     {
@@ -98,6 +98,11 @@ def staging_events(context: AssetExecutionContext, duckdb: WarehouseResource) ->
 
     live = frame.filter(pl.col("duplicate_of").is_null())
     types = Counter(live["event_type"].to_list())
+    if types["unreadable"]:
+        context.log.warning(
+            f"partition {day}: {types['unreadable']} events could not be read into columns; "
+            "see staging.events rows with event_type 'unreadable' and their time_flags"
+        )
     context.log.info(
         f"partition {day}: {frame.height} rows, {live.height} distinct events, "
         f"{duplicates} duplicates, {live['is_bot'].sum()} from bots, {live['is_test'].sum()} test"
@@ -117,7 +122,16 @@ def staging_events(context: AssetExecutionContext, duckdb: WarehouseResource) ->
 def _staging_row(day, message: dict[str, Any]) -> dict[str, Any]:
     message = {**message, "body": orjson.loads(message["body"])}
     row = {name: None for name in STAGING_SCHEMA}
-    row.update(extract(message))
+    try:
+        row.update(extract(message))
+    except Exception as error:  # noqa: BLE001 - one odd event must not stop the day
+        # The event stays, typed as unreadable so nothing is sent for it, and the error's type
+        # (never its text, which may quote the data) is kept in its flags.
+        row.update(event_type="unreadable", action_source="web", items=[], is_bot=False,
+                   is_test=False,
+                   event_id=message["source_event_id"] or content_event_id(message))
+        message["time_flags"] = [*(message["time_flags"] or []),
+                                 f"extract_error:{type(error).__name__}"]
     row.update(
         partition_date=day,
         event_key=f"{message['source_file']}:{message['line_no']}:{message['msg_index']}",

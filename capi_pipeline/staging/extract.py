@@ -8,6 +8,7 @@ of what Pinterest sees happen later, in enrich.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 from decimal import Decimal
@@ -15,6 +16,7 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import orjson
 from crawleruseragents import is_crawler
 
 from capi_pipeline.enrich.normalize import clean
@@ -82,7 +84,7 @@ def extract(message: dict[str, Any]) -> dict[str, Any]:
     row["is_bot"] = is_bot(row["user_agent"])
     row["is_test"] = bool(row.get("is_test")) or _is_store_preview(row.get("page_url"))
     row["num_items"] = sum(item["quantity"] or 0 for item in row["items"]) or None
-    row["event_id"] = clean(message.get("source_event_id")) or _fallback_event_id(message)
+    row["event_id"] = clean(message.get("source_event_id")) or content_event_id(message)
     row["store"] = (clean(message.get("envelope_store")) or _host(row.get("page_url"))
                     or _host(row.get("store_url")))
     return row
@@ -121,29 +123,30 @@ def _pixel(body: dict) -> dict[str, Any]:
             order_id=order_id(order.get("id")),
             customer_id=clean(_dict(order.get("customer")).get("id")),
         )
-        row["value"], row["currency"] = parse_money(
+        row["value"], row["currency"] = money(
             checkout.get("subtotalPrice"), clean(checkout.get("currencyCode"))
         )
-        row["items"] = [_pixel_line(line) for line in _list(checkout.get("lineItems"))]
+        row["items"] = [_pixel_line(line) for line in _list(checkout.get("lineItems"))
+                        if isinstance(line, dict)]
     elif "productVariant" in data:
         item = _pixel_variant(_dict(data.get("productVariant")), 1)
         row["items"] = [item]
-        row["value"], row["currency"] = parse_money(
+        row["value"], row["currency"] = money(
             _dict(data.get("productVariant")).get("price")
         )
     elif "cartLine" in data:
         line = _dict(data.get("cartLine"))
-        quantity = parse_int(line.get("quantity")) or 1
-        row["items"] = [_pixel_variant(_dict(line.get("merchandise")), quantity)]
-        row["value"], row["currency"] = parse_money(_dict(line.get("cost")).get("totalAmount"))
+        row["items"] = [_pixel_variant(_dict(line.get("merchandise")),
+                                       quantity_of(line.get("quantity")))]
+        row["value"], row["currency"] = money(_dict(line.get("cost")).get("totalAmount"))
     elif "cart" in data:
         cart = _dict(data.get("cart"))
         row["cart_token"] = clean(cart.get("id"))
         row["items"] = [
-            _pixel_variant(_dict(line.get("merchandise")), parse_int(line.get("quantity")) or 1)
-            for line in _list(cart.get("lines"))
+            _pixel_variant(_dict(line.get("merchandise")), quantity_of(line.get("quantity")))
+            for line in _list(cart.get("lines")) if isinstance(line, dict)
         ]
-        row["value"], row["currency"] = parse_money(_dict(cart.get("cost")).get("totalAmount"))
+        row["value"], row["currency"] = money(_dict(cart.get("cost")).get("totalAmount"))
     elif "searchResult" in data:
         row["search_string"] = clean(_dict(data.get("searchResult")).get("query"))
     elif "collection" in data:
@@ -157,12 +160,12 @@ def _pixel(body: dict) -> dict[str, Any]:
 
 
 def _pixel_line(line: dict) -> dict[str, Any]:
-    return _pixel_variant(_dict(line.get("variant")), parse_int(line.get("quantity")) or 1)
+    return _pixel_variant(_dict(line.get("variant")), quantity_of(line.get("quantity")))
 
 
 def _pixel_variant(variant: dict, quantity: int | None) -> dict[str, Any]:
     product = _dict(variant.get("product"))
-    price, _ = parse_money(variant.get("price"))
+    price = money_amount(variant.get("price"))
     return _item(
         id=clean(product.get("id")) or clean(variant.get("id")) or clean(variant.get("sku")),
         name=clean(product.get("title")) or clean(variant.get("title")),
@@ -211,12 +214,12 @@ def _segment(body: dict) -> dict[str, Any]:
 
     currency = clean(properties.get("currency"))
     for key in ("revenue", "subtotal", "value", "total", "price"):
-        amount, found_currency = parse_money(properties.get(key), currency)
+        amount, found_currency = money(properties.get(key), currency)
         if amount is not None:
             row["value"], row["currency"] = amount, found_currency
             break
     else:
-        row["value"], row["currency"] = None, parse_money(None, currency)[1]
+        row["value"], row["currency"] = None, money(None, currency)[1]
     return row
 
 
@@ -231,13 +234,13 @@ def _segment_action_source(context: dict) -> str:
 
 
 def _segment_product(product: dict) -> dict[str, Any]:
-    price, _ = parse_money(product.get("price"))
+    price = money_amount(product.get("price"))
     product_id = product.get("product_id")
     return _item(
         id=clean(product_id if product_id is not None else product.get("sku")),
         name=clean(product.get("name")),
         price=price,
-        quantity=parse_int(product.get("quantity")) or 1,
+        quantity=quantity_of(product.get("quantity")),
         brand=clean(product.get("brand")),
         category=clean(product.get("category")),
     )
@@ -279,13 +282,13 @@ def _webhook(body: dict, topic: str | None) -> dict[str, Any]:
         "action_source": "web" if (landing or body.get("browser_ip") or details) else "offline",
     }
     currency = clean(body.get("currency"))
-    row["value"], row["currency"] = parse_money(body.get("subtotal_price"), currency)
+    row["value"], row["currency"] = money(body.get("subtotal_price"), currency)
     row["items"] = [
         _item(
             id=clean(line.get("product_id")) or clean(line.get("sku")),
             name=clean(line.get("title")),
-            price=parse_money(line.get("price"))[0],
-            quantity=parse_int(line.get("quantity")) or 1,
+            price=money_amount(line.get("price")),
+            quantity=quantity_of(line.get("quantity")),
             brand=clean(line.get("vendor")),
             category=None,
         )
@@ -297,6 +300,30 @@ def _webhook(body: dict, topic: str | None) -> dict[str, Any]:
 
 def _item(**fields: Any) -> dict[str, Any]:
     return fields
+
+
+# Values outside these bounds are collector bugs or attacks, not purchases; they become NULL so
+# one absurd line cannot overflow a column and stop the day.
+MAX_AMOUNT = Decimal("1e12")
+MAX_QUANTITY = 100_000
+
+
+def money(value: object, currency_hint: str | None = None) -> tuple[Decimal | None, str | None]:
+    """An amount and its currency; amounts that are negative or absurdly large become None."""
+    amount, currency = parse_money(value, currency_hint)
+    if amount is not None and not Decimal(0) <= amount < MAX_AMOUNT:
+        amount = None
+    return amount, currency
+
+
+def money_amount(value: object) -> Decimal | None:
+    return money(value)[0]
+
+
+def quantity_of(value: object) -> int:
+    """A line's quantity: 1 when it is missing, fractional, negative or absurd."""
+    quantity = parse_int(value)
+    return quantity if quantity is not None and 0 < quantity <= MAX_QUANTITY else 1
 
 
 def order_id(value: object) -> str | None:
@@ -396,8 +423,15 @@ def _checkout_path_token(url: str | None) -> str | None:
     return None
 
 
-def _fallback_event_id(message: dict[str, Any]) -> str:
-    return f"{message['source_file']}:{message['line_no']}:{message['msg_index']}"
+def content_event_id(message: dict[str, Any]) -> str:
+    """An id for an event that came without one, from its content.
+
+    It stays the same when the file is renamed or compressed, and the same event landed twice
+    gets the same id, so it is de-duplicated rather than sent twice.
+    """
+    canonical = orjson.dumps([message["source_format"], message["body"]],
+                             option=orjson.OPT_SORT_KEYS)
+    return "h-" + hashlib.sha256(canonical).hexdigest()[:32]
 
 
 def _dict(value: object) -> dict:
