@@ -23,7 +23,6 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 import orjson
-import polars as pl
 import pyarrow.parquet as pq
 
 from capi_pipeline.delivery.destinations import Destination
@@ -230,19 +229,6 @@ def _pages(spool: Path, page_size: int) -> Iterator[tuple[list[tuple[str, bytes]
         yield list(zip(ids, payloads, strict=True)), dict(zip(ids, days, strict=True))
 
 
-REQUEST_SCHEMA = {
-    "request_id": pl.String, "destination": pl.String, "partition_date": pl.Date,
-    "batch_no": pl.Int32, "attempt": pl.Int32, "events": pl.Int32, "status_code": pl.Int32,
-    "latency_ms": pl.Float64, "error": pl.String, "sent_at": pl.Datetime("us", "UTC"),
-}
-OUTCOME_SCHEMA = {
-    "destination": pl.String, "partition_date": pl.Date, "event_id": pl.String,
-    "outcome": pl.String, "attempts": pl.Int32, "request_id": pl.String,
-    "error_message": pl.String, "warning_message": pl.String,
-    "recorded_at": pl.Datetime("us", "UTC"),
-}
-
-
 def journal_folder(duckdb) -> Path:
     """Where a database's delivery journals live: beside the file, so they move with it."""
     if duckdb.database == ":memory:":
@@ -282,18 +268,20 @@ class Journal:
                 text = day_text[day] = day.isoformat()
             return text
 
+        # Outcomes as columns, so that DuckDB's JSON reader unnests them on import.
+        columns = list(zip(*batch.outcomes, strict=True)) if batch.outcomes else [()] * 6
         entry = {
             "destination": destination,
             "recorded_at": now,
             "requests": [
-                [attempt.request_id, iso(first_day), batch.batch_no, attempt.attempt,
-                 attempt.events, attempt.status_code, attempt.latency_ms, attempt.error]
+                {"request_id": attempt.request_id, "partition_date": iso(first_day),
+                 "batch_no": batch.batch_no, "attempt": attempt.attempt,
+                 "events": attempt.events, "status_code": attempt.status_code,
+                 "latency_ms": attempt.latency_ms, "error": attempt.error}
                 for attempt in batch.attempts
             ],
-            "outcomes": [
-                [iso(days.get(outcome.event_id, first_day)), *outcome]
-                for outcome in batch.outcomes
-            ],
+            "partition_date": [iso(days.get(event_id, first_day)) for event_id in columns[0]],
+            **dict(zip(OUTCOME_COLUMNS, columns, strict=True)),
         }
         self._file.write(orjson.dumps(entry) + b"\n")
         self._file.flush()
@@ -308,17 +296,46 @@ class Journal:
             self._file = None
 
 
-REQUEST_SCHEMA = {
-    "request_id": pl.String, "destination": pl.String, "partition_date": pl.Date,
-    "batch_no": pl.Int32, "attempt": pl.Int32, "events": pl.Int32, "status_code": pl.Int32,
-    "latency_ms": pl.Float64, "error": pl.String, "sent_at": pl.Datetime("us", "UTC"),
+OUTCOME_COLUMNS = ("event_id", "outcome", "attempts", "request_id", "error_message",
+                   "warning_message")
+JOURNAL_COLUMNS = {
+    "destination": "VARCHAR",
+    "recorded_at": "TIMESTAMPTZ",
+    "requests": "STRUCT(request_id VARCHAR, partition_date DATE, batch_no INTEGER, "
+                "attempt INTEGER, events INTEGER, status_code INTEGER, latency_ms DOUBLE, "
+                "error VARCHAR)[]",
+    "partition_date": "DATE[]",
+    "event_id": "VARCHAR[]",
+    "outcome": "VARCHAR[]",
+    "attempts": "INTEGER[]",
+    "request_id": "VARCHAR[]",
+    "error_message": "VARCHAR[]",
+    "warning_message": "VARCHAR[]",
 }
-OUTCOME_SCHEMA = {
-    "destination": pl.String, "partition_date": pl.Date, "event_id": pl.String,
-    "outcome": pl.String, "attempts": pl.Int32, "request_id": pl.String,
-    "error_message": pl.String, "warning_message": pl.String,
-    "recorded_at": pl.Datetime("us", "UTC"),
-}
+_COLUMNS_SPEC = ", ".join(f"'{name}': '{kind}'" for name, kind in JOURNAL_COLUMNS.items())
+# DuckDB reads the journal itself; a line cut short by a kill is skipped (its batch has no
+# outcome and is sent again).
+JOURNAL_SQL = f"""
+CREATE OR REPLACE TEMP TABLE journal AS
+SELECT * FROM read_json($path, format = 'newline_delimited', ignore_errors = true,
+                        columns = {{{_COLUMNS_SPEC}}})
+WHERE destination IS NOT NULL
+"""
+IMPORT_SQL = (
+    """
+    INSERT INTO delivery.requests
+    SELECT r.request_id, destination, r.partition_date, r.batch_no, r.attempt, r.events,
+           r.status_code, r.latency_ms, r.error, recorded_at
+    FROM (SELECT destination, recorded_at, unnest(requests) AS r FROM journal)
+    """,
+    """
+    INSERT INTO delivery.event_outcomes
+    SELECT destination, unnest(partition_date), unnest(event_id), unnest(outcome),
+           unnest(attempts), unnest(request_id), unnest(error_message),
+           unnest(warning_message), recorded_at
+    FROM journal
+    """,
+)
 # A journal may be imported twice (a crash between the insert and the file's removal): the
 # journal's id is recorded in the same transaction as its rows, and a known id is skipped.
 JOURNAL_SEEN_SQL = "SELECT count(*) FROM delivery.imported_journals WHERE journal_id = ?"
@@ -338,60 +355,26 @@ def import_journals(duckdb) -> int:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue
-            requests, outcomes = _journal_rows(handle.read())
-            moved += _import(duckdb, path.stem, requests, outcomes)
+            moved += _import(duckdb, path)
             path.unlink(missing_ok=True)
     return moved
 
 
-def _journal_rows(data: bytes) -> tuple[dict[str, list], dict[str, list]]:
-    """The journal's requests and outcomes as columns, ready for polars."""
-    requests: dict[str, list] = {name: [] for name in REQUEST_SCHEMA}
-    outcomes: dict[str, list] = {name: [] for name in OUTCOME_SCHEMA}
-    day_cache: dict[str, date] = {}
-
-    def day_of(text: str) -> date:
-        day = day_cache.get(text)
-        if day is None:
-            day = day_cache[text] = date.fromisoformat(text)
-        return day
-
-    for line in data.split(b"\n"):
-        try:
-            entry = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            # The last line of a journal killed mid-write is incomplete; its batch has no
-            # outcome and is sent again.
-            continue
-        destination = entry["destination"]
-        recorded_at = datetime.fromisoformat(entry["recorded_at"])
-        for row in entry["requests"]:
-            for name, value in zip(REQUEST_SCHEMA, [row[0], destination, day_of(row[1]),
-                                                    *row[2:], recorded_at], strict=True):
-                requests[name].append(value)
-        count = len(entry["outcomes"])
-        columns = list(zip(*entry["outcomes"], strict=True)) if count else [()] * 7
-        outcomes["destination"].extend([destination] * count)
-        outcomes["partition_date"].extend(day_of(text) for text in columns[0])
-        for name, values in zip(list(OUTCOME_SCHEMA)[2:8], columns[1:], strict=True):
-            outcomes[name].extend(values)
-        outcomes["recorded_at"].extend([recorded_at] * count)
-    return requests, outcomes
-
-
-def _import(duckdb, journal_id: str, requests: dict, outcomes: dict) -> int:
-    journal_requests = pl.DataFrame(requests, schema=REQUEST_SCHEMA)  # noqa: F841
-    journal_outcomes = pl.DataFrame(outcomes, schema=OUTCOME_SCHEMA)  # noqa: F841
+def _import(duckdb, path: Path) -> int:
     with duckdb.get_connection() as conn:
-        if conn.execute(JOURNAL_SEEN_SQL, [journal_id]).fetchone()[0]:
+        if conn.execute(JOURNAL_SEEN_SQL, [path.stem]).fetchone()[0]:
             return 0
+        conn.execute(JOURNAL_SQL, {"path": str(path)})
         conn.execute("BEGIN TRANSACTION")
         try:
-            conn.execute("INSERT INTO delivery.requests SELECT * FROM journal_requests")
-            conn.execute("INSERT INTO delivery.event_outcomes SELECT * FROM journal_outcomes")
-            conn.execute("INSERT INTO delivery.imported_journals VALUES (?, now())", [journal_id])
+            for statement in IMPORT_SQL:
+                conn.execute(statement)
+            conn.execute("INSERT INTO delivery.imported_journals VALUES (?, now())", [path.stem])
+            moved = conn.execute("SELECT count(*) FROM (SELECT unnest(event_id) FROM journal)"
+                                 ).fetchone()[0]
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-    return len(outcomes["event_id"])
+        conn.execute("DROP TABLE journal")
+    return moved
