@@ -29,8 +29,6 @@ from capi_pipeline.delivery.destinations import Destination
 from capi_pipeline.delivery.sender import BatchDone, Progress, send_batches, write_dry_run
 from capi_pipeline.pinterest.client import ConversionsClient
 
-FINAL_OUTCOMES = ("delivered", "dead_letter", "dry_run")
-
 # Which events a run picks up: those without a final outcome, all of them again (resend), or
 # those whose latest outcome is a dead letter (replay after a fix).
 SELECTIONS = {

@@ -440,11 +440,3 @@ def _dict(value: object) -> dict:
 
 def _list(value: object) -> list:
     return value if isinstance(value, list) else []
-
-
-def money_string(value: Decimal | None) -> str | None:
-    """A decimal as Pinterest's value strings: no exponent, no trailing zeros."""
-    if value is None:
-        return None
-    text = format(value.normalize(), "f")
-    return text
