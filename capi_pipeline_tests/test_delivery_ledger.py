@@ -251,3 +251,4 @@ def test_wrong_token_fails_the_run_naming_the_setting_and_marks_nothing(tmp_path
     assert "not-the-token" not in message
     assert pipeline.scalar(
         "SELECT count(*) FROM delivery.event_outcomes WHERE outcome <> 'skipped'") == 0
+    assert pipeline.query("SELECT status_code, events FROM delivery.requests") == [(401, 3)]

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from capi_pipeline.delivery.destinations import Destination
 from capi_pipeline.delivery.sender import BatchDone, Progress, send_batches, write_dry_run
-from capi_pipeline.pinterest.client import ConversionsClient
+from capi_pipeline.pinterest.client import ConversionsClient, PinterestAuthError
 
 # Which events a run picks up: those without a final outcome, all of them again (resend), or
 # those whose latest outcome is a dead letter (replay after a fix).
@@ -181,7 +181,15 @@ def _deliver_spooled(duckdb, plan: DeliveryPlan, spool: Path, totals, log) -> No
                     batch_no += 1
                 journal.rotate()
         else:
-            asyncio.run(_send_pages(duckdb, plan, spool, record, progress, journal))
+            try:
+                asyncio.run(_send_pages(duckdb, plan, spool, record, progress, journal))
+            except PinterestAuthError as error:
+                # The refused request is part of the history too, with no event outcome.
+                if error.attempt is not None:
+                    any_day = plan.day or datetime.now(UTC).date()
+                    journal.append(plan.destination.ledger_name,
+                                   BatchDone(0, [error.attempt], []), {"": any_day})
+                raise
             log(progress.line())
     finally:
         journal.close()
@@ -257,7 +265,8 @@ class Journal:
             self._file = open(self.folder / f"{uuid.uuid4()}.ndjson", "ab")  # noqa: SIM115
             fcntl.flock(self._file, fcntl.LOCK_EX)
         now = datetime.now(UTC).isoformat()
-        first_day = days[batch.outcomes[0].event_id] if batch.outcomes else None
+        first_day = (days[batch.outcomes[0].event_id] if batch.outcomes
+                     else next(iter(days.values())))
         day_text: dict[date, str] = {}
 
         def iso(day: date) -> str:

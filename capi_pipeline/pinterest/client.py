@@ -35,9 +35,10 @@ class PinterestAuthError(Exception):
     Retrying cannot help and no event is to blame, so the run stops and marks nothing.
     """
 
-    def __init__(self, message: str, status_code: int) -> None:
+    def __init__(self, message: str, status_code: int, attempt: Attempt | None = None) -> None:
         super().__init__(message)
         self.status_code = status_code
+        self.attempt = attempt
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,8 @@ class ConversionsClient:
             response.error = outcome.attempt.error
             response.attempts.append(outcome.attempt)
             if outcome.status_code in REFUSING_STATUS:
-                raise PinterestAuthError(outcome.attempt.error, outcome.status_code)
+                raise PinterestAuthError(outcome.attempt.error, outcome.status_code,
+                                         outcome.attempt)
         return response
 
     async def _post(self, body: bytes, events: int, number: int) -> _Outcome:
