@@ -129,8 +129,10 @@ class PinterestResource(ConfigurableResource):
                     "set PINTEREST_AD_ACCOUNT_ID to the ad account's id (digits only), or "
                     "CAPI_DESTINATIONS_FILE, to send events"
                 )
-            host = urlsplit(self.base_url).netloc or self.base_url
-            default_name = ("pinterest" if host == urlsplit(DEFAULT_API_BASE_URL).netloc
+            # The host without its port: an emulator restarted on another port is still the
+            # same stand-in, and its ledger must not start again from nothing.
+            host = urlsplit(self.base_url).hostname or self.base_url
+            default_name = ("pinterest" if host == urlsplit(DEFAULT_API_BASE_URL).hostname
                             else host)
             found = [Destination(
                 name=self.destination_name or f"{default_name}:{self.ad_account_id}",

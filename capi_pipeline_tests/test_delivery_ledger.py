@@ -41,8 +41,8 @@ def land(pipeline: Pipeline, count: int, stores=("shop-a.example.com",)) -> list
 
 
 def ledger_name(pipeline: Pipeline) -> str:
-    """The single destination's ledger name: the emulator's host and port, then the account."""
-    return f"{pipeline.base_url.split('://', 1)[1]}:{AD_ACCOUNT}"
+    """The single destination's ledger name: the emulator's host, then the account."""
+    return f"127.0.0.1:{AD_ACCOUNT}"
 
 
 def outcomes(pipeline: Pipeline) -> list[tuple]:
