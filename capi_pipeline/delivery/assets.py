@@ -24,6 +24,7 @@ from capi_pipeline.delivery.ledger import (
     DeliveryPlan,
     DeliveryTotals,
     deliver,
+    partition_stores,
     record_skipped,
 )
 from capi_pipeline.lib.tags import WRITER
@@ -62,11 +63,9 @@ def delivery_ledger(
 ):
     """Send each destination the day's eligible events that have no final outcome yet."""
     day = partition_day(context.partition_key)
-    destinations = _destinations(pinterest)
+    destinations = destinations_or_fail(pinterest)
     with duckdb.get_connection() as conn:
-        stores = [row[0] for row in conn.execute(
-            "SELECT DISTINCT store FROM capi.pinterest_events WHERE partition_date = ? "
-            "AND eligible", [day]).fetchall()]
+        stores = partition_stores(conn, day)
 
     metadata: dict[str, object] = {}
     summary: dict[str, dict] = {}
@@ -77,7 +76,7 @@ def delivery_ledger(
                         dry_run_partition=context.partition_key)
         context.log.info(f"partition {day}: sending to {destination.ledger_name}"
                          + (" (resending everything)" if pinterest.resend else ""))
-        totals = _deliver(context, duckdb, plan)
+        totals = deliver_or_fail(context, duckdb, plan)
         skipped = record_skipped(duckdb, plan)
         summary[destination.ledger_name] = {"to_send": totals.to_send,
                                             "requests": totals.requests, **totals.outcomes,
@@ -146,14 +145,16 @@ def plan_for(
     )
 
 
-def _destinations(pinterest: PinterestResource) -> list[Destination]:
+def destinations_or_fail(pinterest: PinterestResource) -> list[Destination]:
+    """The resource's destinations, or a run failure that says what to fix."""
     try:
         return pinterest.destinations()
     except DestinationsError as error:
         raise Failure(description=str(error), allow_retries=False) from None
 
 
-def _deliver(context, duckdb: WarehouseResource, plan: DeliveryPlan) -> DeliveryTotals:
+def deliver_or_fail(context, duckdb: WarehouseResource, plan: DeliveryPlan) -> DeliveryTotals:
+    """Deliver a plan; a refusal of credentials or address fails the run naming the setting."""
     try:
         return deliver(duckdb, plan, context.log.info)
     except DestinationsError as error:

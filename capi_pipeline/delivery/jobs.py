@@ -3,8 +3,9 @@
 from dagster import Config, OpExecutionContext, job, op
 from pydantic import Field
 
-from capi_pipeline.delivery.assets import _deliver, _destinations, plan_for
+from capi_pipeline.delivery.assets import deliver_or_fail, destinations_or_fail, plan_for
 from capi_pipeline.delivery.destinations import stores_for
+from capi_pipeline.delivery.ledger import partition_stores
 from capi_pipeline.lib.tags import WRITER
 from capi_pipeline.partitions import partition_day
 from capi_pipeline.resources import PinterestResource, WarehouseResource
@@ -31,16 +32,14 @@ def replay_dead_letters(
     sends what that table holds now, and records each new outcome in the ledger.
     """
     day = partition_day(config.partition_date) if config.partition_date else None
-    destinations = _destinations(pinterest)
+    destinations = destinations_or_fail(pinterest)
     with duckdb.get_connection() as conn:
-        stores = [row[0] for row in conn.execute(
-            "SELECT DISTINCT store FROM capi.pinterest_events WHERE $day IS NULL "
-            "OR partition_date = $day", {"day": day}).fetchall()]
+        stores = partition_stores(conn, day)
     summary = {}
     for destination in destinations:
         plan = plan_for(pinterest, destination, stores_for(destination, stores, destinations),
                         selection="dead_letters", day=day)
-        totals = _deliver(context, duckdb, plan)
+        totals = deliver_or_fail(context, duckdb, plan)
         summary[destination.ledger_name] = {"replayed": totals.to_send, **totals.outcomes}
     context.log.info(f"replayed dead letters{f' of {day}' if day else ''}: {summary}")
 

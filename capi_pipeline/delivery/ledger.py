@@ -69,6 +69,13 @@ WHERE e.partition_date = $day AND NOT e.eligible
 """
 
 
+def partition_stores(conn, day: date | None) -> list[str | None]:
+    """The stores a day's Pinterest events came from (every day's when `day` is None)."""
+    return [row[0] for row in conn.execute(
+        "SELECT DISTINCT store FROM capi.pinterest_events "
+        "WHERE $day IS NULL OR partition_date = $day", {"day": day}).fetchall()]
+
+
 def record_skipped(duckdb, plan: DeliveryPlan) -> int:
     """Write a `skipped` outcome, with its reason, for each ineligible event not yet noted.
 

@@ -13,6 +13,7 @@ from dagster import (
 )
 
 from capi_pipeline.delivery.destinations import stores_for
+from capi_pipeline.delivery.ledger import partition_stores
 from capi_pipeline.lib.tags import WRITER
 from capi_pipeline.partitions import daily_partitions, partition_day
 from capi_pipeline.resources import PinterestResource, WarehouseResource
@@ -91,9 +92,7 @@ def match_rate(
     day = partition_day(context.partition_key)
     destinations = pinterest.destinations()
     with duckdb.get_connection() as conn:
-        stores = [row[0] for row in conn.execute(
-            "SELECT DISTINCT store FROM capi.pinterest_events WHERE partition_date = ?", [day]
-        ).fetchall()]
+        stores = partition_stores(conn, day)
         conn.execute("BEGIN TRANSACTION")
         conn.execute("DELETE FROM monitoring.match_rate WHERE partition_date = ?", [day])
         for destination in destinations:
