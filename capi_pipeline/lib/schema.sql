@@ -67,6 +67,14 @@ CREATE TABLE IF NOT EXISTS staging.events (
     order_id VARCHAR,
     cart_token VARCHAR,
     checkout_token VARCHAR,
+    gender VARCHAR,
+    date_of_birth VARCHAR,
+    -- The device's advertising id (IDFA, AAID) on app events.
+    advertising_id VARCHAR,
+    -- Consent as the source reported it; NULL when it said nothing.
+    ad_tracking_allowed BOOLEAN,
+    marketing_allowed BOOLEAN,
+    sale_of_data_allowed BOOLEAN,
     value DECIMAL(18, 2),
     currency VARCHAR,
     search_string VARCHAR,

@@ -41,9 +41,12 @@ STAGING_SCHEMA: dict[str, pl.DataType] = {
         for name in (
             "client_id", "customer_id", "email", "phone", "first_name", "last_name", "city",
             "state", "zip", "country", "ip", "user_agent", "page_url", "click_id", "order_id",
-            "cart_token", "checkout_token",
+            "cart_token", "checkout_token", "gender", "date_of_birth", "advertising_id",
         )
     },
+    "ad_tracking_allowed": pl.Boolean,
+    "marketing_allowed": pl.Boolean,
+    "sale_of_data_allowed": pl.Boolean,
     "value": pl.Decimal(18, 2),
     "currency": pl.String,
     "search_string": pl.String,

@@ -103,6 +103,9 @@ def _pixel(body: dict) -> dict[str, Any]:
         "action_source": "web",
         "items": [],
     }
+    privacy = _dict(body.get("customerPrivacy")) or _dict(data.get("customerPrivacy"))
+    row["marketing_allowed"] = flag(privacy.get("marketingAllowed"))
+    row["sale_of_data_allowed"] = flag(privacy.get("saleOfDataAllowed"))
 
     checkout = _dict(data.get("checkout"))
     if checkout:
@@ -182,6 +185,7 @@ def _segment(body: dict) -> dict[str, Any]:
     traits = {**_dict(context.get("traits")), **_dict(body.get("traits"))}
     address = _dict(traits.get("address"))
     page = _dict(context.get("page"))
+    device = _dict(context.get("device"))
     kind = body.get("type")
     name = clean(body.get("event")) if kind == "track" else kind
     row: dict[str, Any] = {
@@ -203,6 +207,11 @@ def _segment(body: dict) -> dict[str, Any]:
         "checkout_token": clean(properties.get("checkout_id")),
         "search_string": clean(properties.get("query")),
         "action_source": _segment_action_source(context),
+        "gender": clean(traits.get("gender")),
+        "date_of_birth": clean(traits.get("birthday")) or clean(traits.get("dateOfBirth")),
+        "advertising_id": clean(device.get("advertisingId")),
+        "ad_tracking_allowed": flag(device.get("adTrackingEnabled")),
+        "marketing_allowed": _segment_consent(context),
     }
     if kind == "alias":
         row["customer_id"] = row["customer_id"] or clean(body.get("previousId"))
@@ -231,6 +240,24 @@ def _segment_action_source(context: dict) -> str:
         if os_name == "android":
             return "app_android"
     return "web"
+
+
+def _segment_consent(context: dict) -> bool | None:
+    """Segment's consent object: the visitor's choice for the advertising category, if any."""
+    preferences = _dict(_dict(context.get("consent")).get("categoryPreferences"))
+    for category, allowed in preferences.items():
+        if isinstance(category, str) and category.lower() in {"advertising", "marketing", "ads"}:
+            return flag(allowed)
+    return None
+
+
+def flag(value: object) -> bool | None:
+    """A consent or tracking flag: JSON booleans and their common spellings, else unknown."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in {"true", "false", "yes", "no"}:
+        return value.strip().lower() in {"true", "yes"}
+    return None
 
 
 def _segment_product(product: dict) -> dict[str, Any]:
