@@ -7,12 +7,15 @@ Each setting has a safe default and can be set from the environment (see README.
 from __future__ import annotations
 
 import os
+import re
+import time
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from dagster import ConfigurableResource, EnvVar
+import duckdb
+from dagster import ConfigurableResource, EnvVar, Failure
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
@@ -22,7 +25,7 @@ from capi_pipeline.delivery.destinations import (
     DestinationsError,
     load_destinations,
 )
-from capi_pipeline.lib.duck import ensure_schema
+from capi_pipeline.lib.duck import attach_personal, ensure_schema, personal_path
 
 DEFAULT_API_BASE_URL = "https://api.pinterest.com"
 SCHEMAS = ("raw", "staging", "identity", "capi", "delivery", "monitoring", "marts")
@@ -31,23 +34,54 @@ SCHEMAS = ("raw", "staging", "identity", "capi", "delivery", "monitoring", "mart
 _SCHEMA_READY: set[str] = set()
 
 
+class WarehouseBusy(Failure):
+    """The DuckDB file stayed locked by another process for longer than the run would wait."""
+
+
 class WarehouseResource(DuckDBResource):
-    """The pipeline's DuckDB file, with its folder created and its schema in place."""
+    """The pipeline's two DuckDB files, folders created and schema in place.
+
+    `database` is the warehouse file analysts are given (hashes, ledger, aggregates);
+    `personal_database` holds raw events, staging and identity, and is attached to every
+    connection as `personal` (see lib/duck.py). A file held by another process (an analyst's
+    session, another run's writer) is waited for up to `lock_wait_seconds`, then the step fails
+    with a message that says so, and Dagster's retry policy may run it again.
+    """
+
+    personal_database: str | None = Field(
+        default=None,
+        description="The personal-data DuckDB file; by default <warehouse>.personal.duckdb "
+        "beside the warehouse file.",
+    )
+    encryption_key: str | None = Field(
+        default=None,
+        description="Key to encrypt the personal-data file with (needs DuckDB's httpfs).",
+    )
+    lock_wait_seconds: float = Field(
+        default=120.0, ge=0, description="How long to wait for a file another process holds."
+    )
+
+    @property
+    def personal_path(self) -> str:
+        return self.personal_database or personal_path(self.database)
 
     @contextmanager
     def get_connection(self):
         if self.database != ":memory:":
-            # DuckDB names a file's catalog after its stem, and a catalog called like one of
-            # our schemas makes every `capi.x` or `raw.x` ambiguous.
-            if Path(self.database).stem in SCHEMAS:
-                raise ValueError(
-                    f"CAPI_DUCKDB_PATH names a file called {Path(self.database).name}: choose "
-                    f"a name other than {', '.join(SCHEMAS)} (for example capi_pipeline.duckdb)"
-                )
+            for path in (self.database, self.personal_path):
+                # DuckDB names a file's catalog after its stem, and a catalog called like one
+                # of our schemas makes every `capi.x` or `raw.x` ambiguous.
+                if Path(path).stem in SCHEMAS:
+                    raise ValueError(
+                        f"the DuckDB file {Path(path).name} is named like a schema: choose a "
+                        f"name other than {', '.join(SCHEMAS)} (for example "
+                        "capi_pipeline.duckdb)"
+                    )
             Path(self.database).parent.mkdir(parents=True, exist_ok=True)
-        with super().get_connection() as conn:
-            # The schema is checked once per process and file; the delivery stage opens a
-            # connection per batch and should not pay for it each time.
+        conn = self._connect()
+        try:
+            # The schema is checked once per process and file; the delivery stage opens
+            # connections often and should not pay for it each time.
             key = str(Path(self.database).resolve()) if self.database != ":memory:" else ""
             if key not in _SCHEMA_READY or not key:
                 ensure_schema(conn)
@@ -55,6 +89,46 @@ class WarehouseResource(DuckDBResource):
             else:
                 conn.execute("SET TimeZone = 'UTC'")
             yield conn
+        finally:
+            conn.close()
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        config = {"custom_user_agent": "capi_pipeline", **self.connection_config}
+        deadline = time.monotonic() + self.lock_wait_seconds
+        delay = 0.05
+        while True:
+            try:
+                conn = duckdb.connect(self.database, read_only=False, config=config)
+                try:
+                    attach_personal(conn, self.personal_path, encryption_key=self.encryption_key)
+                except BaseException:
+                    conn.close()
+                    raise
+                return conn
+            except duckdb.IOException as error:
+                if "lock" not in str(error).lower():
+                    raise
+                if time.monotonic() + delay > deadline:
+                    raise WarehouseBusy(
+                        description=_busy_message(error, self.lock_wait_seconds),
+                        allow_retries=True,
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+
+def _busy_message(error: duckdb.IOException, waited: float) -> str:
+    text = str(error)
+    holder = re.search(r"held in (.+?) \(PID (\d+)\)", text)
+    who = f"{Path(holder.group(1)).name} (PID {holder.group(2)})" if holder else "another process"
+    file = re.search(r'on file "([^"]+)"', text)
+    name = Path(file.group(1)).name if file else "the warehouse file"
+    return (
+        f"DuckDB file {name} is held by {who}, and DuckDB lets one process open a file for "
+        f"writing: waited {waited:.0f} s. If it is an analyst's session, have it closed (and "
+        "have analysts work on a copy: README, 'For analysts'); if it is another run, let it "
+        "finish. Then re-run or let the retry policy run this step again."
+    )
 
 
 class PipelineSettings(ConfigurableResource):
@@ -156,13 +230,25 @@ def _env_flag(name: str) -> bool:
 def default_resources() -> dict[str, object]:
     """Resources configured from the environment, with defaults for everything but secrets."""
     return {
-        "duckdb": WarehouseResource(database=_env("CAPI_DUCKDB_PATH", "data/capi_pipeline.duckdb")),
+        "duckdb": _warehouse_from_environment(),
         "settings": PipelineSettings(
             landing_dir=_env("CAPI_LANDING_DIR", "data/landing"),
             default_region=_env("CAPI_DEFAULT_REGION", "US"),
         ),
         "pinterest": _pinterest_from_environment(),
     }
+
+
+def _warehouse_from_environment() -> WarehouseResource:
+    # The key is read through EnvVar only when set, so Dagster shows its name, never its value.
+    key = {"encryption_key": EnvVar("CAPI_PERSONAL_ENCRYPTION_KEY")} if os.environ.get(
+        "CAPI_PERSONAL_ENCRYPTION_KEY") else {}
+    return WarehouseResource(
+        database=_env("CAPI_DUCKDB_PATH", "data/capi_pipeline.duckdb"),
+        personal_database=os.environ.get("CAPI_PERSONAL_DUCKDB_PATH") or None,
+        lock_wait_seconds=float(_env("CAPI_DUCKDB_LOCK_WAIT_SECONDS", "120")),
+        **key,
+    )
 
 
 def _pinterest_from_environment() -> PinterestResource:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import duckdb
 import pytest
 from dagster import AssetSelection, materialize
 
 from capi_pipeline import definitions
+from capi_pipeline.lib.duck import connect_read_only
 from capi_pipeline.pinterest.emulator import EmulatorProcess
 from capi_pipeline.resources import PinterestResource, PipelineSettings, WarehouseResource
 
@@ -55,7 +55,7 @@ class Pipeline:
         )
 
     def query(self, sql: str, *params) -> list[tuple]:
-        with duckdb.connect(str(self.database), read_only=True) as conn:
+        with connect_read_only(str(self.database)) as conn:
             return conn.execute(sql, list(params)).fetchall()
 
     def scalar(self, sql: str, *params):

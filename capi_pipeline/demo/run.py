@@ -16,9 +16,8 @@ import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-import duckdb
-
 from capi_pipeline.demo.generate import generate
+from capi_pipeline.lib.duck import connect_read_only
 from capi_pipeline.pinterest.emulator import EmulatorProcess
 
 DEMO_TOKEN = "demo-conversion-token"
@@ -96,7 +95,7 @@ def _materialize(env: dict[str, str], selection: str, day: date) -> bool:
 
 
 def _print_summary(database: Path, day: date) -> None:
-    with duckdb.connect(str(database), read_only=True) as conn:
+    with connect_read_only(str(database)) as conn:
         def one(sql: str, *params):
             return conn.execute(sql, list(params)).fetchone()
 

@@ -1,9 +1,8 @@
 -- Every table the pipeline writes. Times are TIMESTAMPTZ in UTC; daily tables carry the UTC
--- date of the event as partition_date. Personal data lives only in raw, staging and identity.
+-- date of the event as partition_date. Personal data lives only in raw, staging and identity,
+-- which sit in the personal-data file attached as `personal` (created by lib/duck.py before
+-- this script runs); the pipeline's own file holds capi, delivery, monitoring and marts.
 
-CREATE SCHEMA IF NOT EXISTS raw;
-CREATE SCHEMA IF NOT EXISTS staging;
-CREATE SCHEMA IF NOT EXISTS identity;
 CREATE SCHEMA IF NOT EXISTS capi;
 CREATE SCHEMA IF NOT EXISTS delivery;
 CREATE SCHEMA IF NOT EXISTS monitoring;
