@@ -17,7 +17,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from capi_pipeline.demo.generate import generate
-from capi_pipeline.lib.duck import connect_read_only
+from capi_pipeline.lib.duck import connect_read_only, personal_path
 from capi_pipeline.pinterest.emulator import EmulatorProcess
 
 DEMO_TOKEN = "demo-conversion-token"
@@ -37,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     landing = folder / "landing"
     database = folder / "warehouse.duckdb"
     received = folder / "emulator_received.ndjson"
-    for stale in (database, Path(f"{database}.wal"), received):
+    personal = Path(personal_path(str(database)))
+    for stale in (database, Path(f"{database}.wal"), personal, Path(f"{personal}.wal"),
+                  received):
         stale.unlink(missing_ok=True)
     _clear(landing)
 
