@@ -25,6 +25,7 @@ lint: install
 
 dev: install
 	mkdir -p data/demo/dagster_home
+	test -f data/demo/dagster_home/dagster.yaml || cp deploy/dagster.yaml data/demo/dagster_home/
 	DAGSTER_HOME=$(CURDIR)/data/demo/dagster_home CAPI_DUCKDB_PATH=data/demo/warehouse.duckdb \
 		$(UV) run --frozen dagster dev -w workspace.yaml
 

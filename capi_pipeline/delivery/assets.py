@@ -27,7 +27,7 @@ from capi_pipeline.delivery.ledger import (
     partition_stores,
     record_skipped,
 )
-from capi_pipeline.lib.tags import WRITER
+from capi_pipeline.lib.tags import NETWORK
 from capi_pipeline.partitions import daily_partitions, partition_day
 from capi_pipeline.pinterest.client import PinterestAuthError
 from capi_pipeline.resources import PinterestResource, WarehouseResource
@@ -56,7 +56,7 @@ REQUESTS = ["delivery", "requests"]
         ),
     ],
     partitions_def=daily_partitions,
-    op_tags=WRITER,
+    op_tags=NETWORK,
 )
 def delivery_ledger(
     context: AssetExecutionContext, duckdb: WarehouseResource, pinterest: PinterestResource

@@ -6,7 +6,7 @@ from pydantic import Field
 from capi_pipeline.delivery.assets import deliver_or_fail, destinations_or_fail, plan_for
 from capi_pipeline.delivery.destinations import stores_for
 from capi_pipeline.delivery.ledger import partition_stores
-from capi_pipeline.lib.tags import WRITER
+from capi_pipeline.lib.tags import NETWORK
 from capi_pipeline.partitions import partition_day
 from capi_pipeline.resources import PinterestResource, WarehouseResource
 
@@ -19,7 +19,7 @@ class ReplayConfig(Config):
     )
 
 
-@op(tags=WRITER)
+@op(tags=NETWORK)
 def replay_dead_letters(
     context: OpExecutionContext,
     config: ReplayConfig,

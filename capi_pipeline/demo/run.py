@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ from capi_pipeline.pinterest.emulator import EmulatorProcess
 
 DEMO_TOKEN = "demo-conversion-token"
 DEMO_AD_ACCOUNT = "549755813599"
+DEPLOY_YAML = Path(__file__).resolve().parents[2] / "deploy" / "dagster.yaml"
 SCHEMA_CHECKER = Path(__file__).resolve().parents[2].parent / "shared" / "tools" / "capi_schema.py"
 
 
@@ -63,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
             "DAGSTER_HOME": str(folder / "dagster_home"),
         }
         Path(env["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+        instance_yaml = Path(env["DAGSTER_HOME"]) / "dagster.yaml"
+        if not instance_yaml.exists():
+            shutil.copyfile(DEPLOY_YAML, instance_yaml)
         earlier = [day - timedelta(days=offset) for offset in range(args.days - 1, 0, -1)]
         for other in earlier:
             if not _materialize(env, "key:raw/* or key:staging/*", other):
