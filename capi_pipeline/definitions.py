@@ -21,6 +21,7 @@ from capi_pipeline.ingest import assets as ingest
 from capi_pipeline.lib.tags import WRITER_TAG_KEY
 from capi_pipeline.marts import assets as marts
 from capi_pipeline.monitoring import assets as monitoring
+from capi_pipeline.privacy import assets as privacy
 from capi_pipeline.resources import default_resources
 from capi_pipeline.staging import assets as staging
 
@@ -71,6 +72,7 @@ defs = Definitions(
         delivery.delivery_ledger,
         monitoring.match_rate,
         marts.dbt_marts,
+        privacy.retention,
     ],
     asset_checks=load_asset_checks_from_modules(list(STAGES)),
     jobs=[daily_pipeline_job, replay_dead_letters_job],

@@ -158,6 +158,10 @@ class PipelineSettings(ConfigurableResource):
     junk_emails: list[str] = Field(
         default_factory=list, description="Addresses that never join visitors (support inboxes)."
     )
+    retention_days: int = Field(
+        default=180, ge=0,
+        description="Raw and staging rows older than this many days are purged; 0 keeps all.",
+    )
 
 
 class PinterestResource(ConfigurableResource):
@@ -234,6 +238,7 @@ def default_resources() -> dict[str, object]:
         "settings": PipelineSettings(
             landing_dir=_env("CAPI_LANDING_DIR", "data/landing"),
             default_region=_env("CAPI_DEFAULT_REGION", "US"),
+            retention_days=int(_env("CAPI_RETENTION_DAYS", "180")),
         ),
         "pinterest": _pinterest_from_environment(),
     }

@@ -25,6 +25,7 @@ def test_asset_keys_groups_and_partitions():
         "delivery/requests": ("delivery", True),
         "monitoring/match_rate": ("monitoring", True),
         "marts/match_rate_daily": ("marts", False),
+        "privacy/retention": ("privacy", False),
     }
 
 

@@ -45,6 +45,16 @@ SELECTIONS = {
           AND s.outcome = 'dead_letter')""",
 }
 
+# An event carrying an identifier someone asked to be erased (privacy/erase.py): the keys are
+# salted hashes of the Pinterest hashes the payload holds.
+SUPPRESSED = """EXISTS (
+    SELECT 1 FROM privacy.suppressions p
+    WHERE p.key IN (SELECT sha256($salt || h) FROM unnest(
+        coalesce(CAST(json_extract(e.payload, '$.user_data.em') AS VARCHAR[]), [])
+        || coalesce(CAST(json_extract(e.payload, '$.user_data.ph') AS VARCHAR[]), [])
+        || coalesce(CAST(json_extract(e.payload, '$.user_data.external_id') AS VARCHAR[]), [])
+    ) t(h)))"""
+
 # No ORDER BY: sorting a day's payloads would hold them all in memory. A scan returns rows in
 # the order enrich wrote them, which is event time.
 DUE_SQL = """
@@ -52,8 +62,28 @@ SELECT e.event_id, encode(e.payload::VARCHAR) AS payload, e.partition_date
 FROM capi.pinterest_events e
 WHERE ($day IS NULL OR e.partition_date = $day) AND e.eligible
   AND coalesce(e.store, '') IN (SELECT unnest($stores))
-  AND {selection}
+  AND {selection} AND NOT {suppressed}
 """
+
+SKIPPED_ERASED_SQL = """
+INSERT INTO delivery.event_outcomes
+SELECT $destination, e.partition_date, e.event_id, 'skipped', 0, NULL, 'erased', NULL, now()
+FROM capi.pinterest_events e
+WHERE ($day IS NULL OR e.partition_date = $day) AND e.eligible
+  AND coalesce(e.store, '') IN (SELECT unnest($stores))
+  AND {suppressed}
+  AND NOT EXISTS (
+      SELECT 1 FROM delivery.event_status s
+      WHERE s.destination = $destination AND s.event_id = e.event_id
+        AND s.outcome = 'skipped' AND s.error_message = 'erased')
+"""
+
+
+def suppression_salt(conn) -> str | None:
+    """The erasure salt when any identifier is suppressed, else None (nothing to check)."""
+    if not conn.execute("SELECT count(*) FROM privacy.suppressions").fetchall()[0][0]:
+        return None
+    return conn.execute("SELECT salt FROM privacy.settings").fetchall()[0][0]
 
 
 SKIPPED_SQL = """
@@ -82,9 +112,15 @@ def record_skipped(duckdb, plan: DeliveryPlan) -> int:
     The ledger then answers for every event of the day, sent or not. A skip is not final: an
     event that becomes eligible (identity found its email) is sent by a later run.
     """
+    params = {"destination": plan.destination.ledger_name, "day": plan.day,
+              "stores": plan.stores}
     with duckdb.get_connection() as conn:
-        return conn.execute(SKIPPED_SQL, {"destination": plan.destination.ledger_name,
-                                          "day": plan.day, "stores": plan.stores}).fetchone()[0]
+        count = conn.execute(SKIPPED_SQL, params).fetchall()[0][0]
+        salt = suppression_salt(conn)
+        if salt is not None:
+            count += conn.execute(SKIPPED_ERASED_SQL.format(suppressed=SUPPRESSED),
+                                  {**params, "salt": salt}).fetchall()[0][0]
+        return count
 
 
 @dataclass
@@ -159,10 +195,14 @@ def _spool_due(duckdb, plan: DeliveryPlan, spool: Path) -> int:
     spool.parent.mkdir(parents=True, exist_ok=True)
     count = 0
     with duckdb.get_connection() as conn:
-        reader = conn.sql(DUE_SQL.format(selection=SELECTIONS[plan.selection]), params={
-            "day": plan.day, "stores": plan.stores,
-            "destination": plan.destination.ledger_name,
-        }).to_arrow_reader(plan.page_size)
+        params = {"day": plan.day, "stores": plan.stores,
+                  "destination": plan.destination.ledger_name}
+        salt = suppression_salt(conn)
+        if salt is not None:
+            params["salt"] = salt
+        sql = DUE_SQL.format(selection=SELECTIONS[plan.selection],
+                             suppressed=SUPPRESSED if salt is not None else "false")
+        reader = conn.sql(sql, params=params).to_arrow_reader(plan.page_size)
         with pq.ParquetWriter(spool, reader.schema) as writer:
             for batch in reader:
                 writer.write_batch(batch)
@@ -376,7 +416,7 @@ def import_journals(duckdb) -> int:
 
 def _import(duckdb, path: Path) -> int:
     with duckdb.get_connection() as conn:
-        if conn.execute(JOURNAL_SEEN_SQL, [path.stem]).fetchone()[0]:
+        if conn.execute(JOURNAL_SEEN_SQL, [path.stem]).fetchall()[0][0]:
             return 0
         conn.execute(JOURNAL_SQL, {"path": str(path)})
         conn.execute("BEGIN TRANSACTION")
@@ -385,7 +425,7 @@ def _import(duckdb, path: Path) -> int:
                 conn.execute(statement)
             conn.execute("INSERT INTO delivery.imported_journals VALUES (?, now())", [path.stem])
             moved = conn.execute("SELECT count(*) FROM (SELECT unnest(event_id) FROM journal)"
-                                 ).fetchone()[0]
+                                 ).fetchall()[0][0]
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")

@@ -24,7 +24,7 @@ import polars as pl
 
 SCHEMA_SQL = Path(__file__).with_name("schema.sql")
 PERSONAL_CATALOG = "personal"
-PERSONAL_SCHEMAS = ("raw", "staging", "identity")
+PERSONAL_SCHEMAS = ("raw", "staging", "identity", "privacy")
 
 
 class EncryptionUnavailable(RuntimeError):

@@ -88,6 +88,25 @@ CREATE TABLE IF NOT EXISTS staging.events (
     duplicate_of VARCHAR
 );
 
+-- Erasure requests (capi_pipeline/privacy/erase.py). A suppression key is sha256(salt || the
+-- Pinterest hash of an erased identifier): neither the value nor the hash Pinterest receives.
+CREATE TABLE IF NOT EXISTS privacy.settings (
+    salt VARCHAR NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS privacy.suppressions (
+    key VARCHAR NOT NULL,
+    field VARCHAR NOT NULL,
+    suppressed_at TIMESTAMPTZ NOT NULL
+);
+
+-- When erasures ran and how much they removed; never who.
+CREATE TABLE IF NOT EXISTS privacy.erasures (
+    erased_at TIMESTAMPTZ NOT NULL,
+    events INTEGER NOT NULL,
+    visitors INTEGER NOT NULL
+);
+
 -- Identity: all history, rebuilt by each identity run.
 CREATE TABLE IF NOT EXISTS identity.identifiers (
     node_key VARCHAR NOT NULL,

@@ -1,0 +1,139 @@
+"""Erasure: a person's values and hashes leave every table, and they are never sent again."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import duckdb
+import pytest
+from dagster import AssetSelection, materialize
+
+from capi_pipeline.demo.generate import generate
+from capi_pipeline.enrich.normalize import sha256_hex
+from capi_pipeline.lib.duck import personal_path
+from capi_pipeline.privacy.__main__ import main as privacy_main
+from capi_pipeline.privacy.assets import retention
+from capi_pipeline_tests.conftest import Pipeline
+from capi_pipeline_tests.test_cases import NOON, pixel
+from capi_pipeline_tests.test_secrets import CUSTOMER, EMAIL, FIRST, LAST, _landing_lines
+
+DAY = NOON.date()
+
+
+def _traces() -> dict[str, str]:
+    normalized = EMAIL.lower()
+    return {
+        "email": normalized, "phone digits": "4155550172", "first name": FIRST,
+        "last name": LAST, "customer id": CUSTOMER, "client id": "client-canary",
+        "anonymous id": "anon-canary", "checkout token": "tok-canary",
+        "em hash": sha256_hex(normalized), "ph hash": sha256_hex("14155550172"),
+        "external_id hash": sha256_hex(CUSTOMER), "fn hash": sha256_hex(FIRST.lower()),
+        "ln hash": sha256_hex(LAST.lower()),
+    }
+
+
+def _find_traces(database: str) -> dict[str, str]:
+    """Every table column of both files that holds one of the person's traces."""
+    found = {}
+    with duckdb.connect(database, read_only=True) as conn:
+        conn.execute(f"ATTACH '{personal_path(database)}' AS personal (READ_ONLY)")
+        columns = conn.execute(
+            "SELECT database_name, schema_name, table_name, column_name FROM duckdb_columns() "
+            "WHERE NOT internal AND schema_name NOT IN ('temp', 'privacy') "
+            "AND database_name <> 'temp' AND (data_type IN ('VARCHAR', 'JSON') "
+            "OR data_type LIKE 'STRUCT%' OR data_type LIKE '%[]')").fetchall()
+        for catalog, schema, table, column in columns:
+            relation = f'"{catalog}".{schema}."{table}"'
+            for label, value in _traces().items():
+                hit = conn.execute(
+                    f'SELECT count(*) FROM {relation} '
+                    f'WHERE contains(lower(CAST("{column}" AS VARCHAR)), lower(?))',
+                    [value]).fetchone()[0]
+                if hit:
+                    found[f"{schema}.{table}.{column}"] = label
+    return found
+
+
+@pytest.fixture(scope="module")
+def erased(tmp_path_factory, emulator):
+    emulator.reset()
+    pipeline = Pipeline(tmp_path_factory.mktemp("erasure"), emulator.base_url)
+    generate(pipeline.landing, DAY, days=1, visitors_per_day=80, seed=3)
+    lines = _landing_lines()
+    text = "\n".join(json.dumps(line) for line in lines[:-1]) + "\n" + lines[-1]["bad"] + "\n"
+    (pipeline.landing / "person.ndjson").write_text(text)
+    assert pipeline.run(str(DAY)).success
+    before = {
+        "traces": _find_traces(str(pipeline.database)),
+        "staged": pipeline.scalar("SELECT count(*) FROM staging.events"),
+        "person": pipeline.scalar(
+            "SELECT count(*) FROM staging.events s JOIN identity.event_visitors v "
+            "USING (event_key) WHERE v.visitor_id IN (SELECT visitor_id FROM "
+            "identity.event_visitors JOIN staging.events USING (event_key) "
+            "WHERE lower(email) = ?)", EMAIL.lower()),
+        "payloads": pipeline.scalar("SELECT count(*) FROM capi.pinterest_events"),
+    }
+    return pipeline, before
+
+
+def test_the_person_was_everywhere_before(erased):
+    _, before = erased
+    # Without these the "nothing left" below would prove nothing.
+    assert {"raw.events.body", "staging.events.email", "capi.pinterest_events.payload"} <= set(
+        before["traces"])
+    assert before["person"] >= 3
+
+
+def test_erasure_leaves_no_value_or_hash_and_keeps_everyone_else(erased, monkeypatch, capsys):
+    pipeline, before = erased
+    monkeypatch.setenv("CAPI_DUCKDB_PATH", str(pipeline.database))
+    # Spelled as a person would type it: case and spaces differ from what was stored.
+    assert privacy_main(["erase", "--email", f"  {EMAIL.upper()} "]) == 0
+    printed = capsys.readouterr().out
+    assert "staging" in printed and EMAIL.lower() not in printed.lower()
+
+    assert _find_traces(str(pipeline.database)) == {}
+    staged = pipeline.scalar("SELECT count(*) FROM staging.events")
+    # The person's events and the order webhook that duplicates their checkout went; only
+    # theirs: the rest of the day is intact.
+    assert before["person"] <= before["staged"] - staged <= before["person"] + 2
+    assert pipeline.scalar("SELECT count(*) FROM capi.pinterest_events") > before["payloads"] - 10
+    assert pipeline.scalar("SELECT count(*) FROM privacy.suppressions") == 1
+
+
+def test_the_person_is_never_sent_again(erased, emulator):
+    pipeline, _ = erased
+    later = pixel("checkout_completed", "canary-return", "client-canary-2",
+                  NOON + timedelta(hours=3), "https://shop.example.com/thank_you",
+                  {"checkout": {"email": EMAIL, "token": "tok-canary-2",
+                                "order": {"id": "8800999"}}})
+    (pipeline.landing / "later.ndjson").write_text(json.dumps(later) + "\n")
+    sent_before = set(emulator.event_counts())
+    assert pipeline.run(str(DAY)).success
+    new = set(emulator.event_counts()) - sent_before
+    assert "canary-return" not in new and "canary-checkout" not in new
+    assert pipeline.query(
+        "SELECT outcome, error_message FROM delivery.event_status WHERE event_id = ?",
+        "canary-return") == [("skipped", "erased")]
+
+
+def test_retention_purges_raw_and_staging_rows_past_the_window(tmp_path, emulator):
+    pipeline = Pipeline(tmp_path, emulator.base_url, retention_days=1)
+    generate(pipeline.landing, DAY, days=3, visitors_per_day=10, seed=9)
+    for back in range(3):
+        assert pipeline.run(str(DAY - timedelta(days=back)),
+                            selection=AssetSelection.groups("ingest", "staging")).success
+    per_day = dict(pipeline.query(
+        "SELECT partition_date, count(*) FROM staging.events GROUP BY ALL"))
+    assert len(per_day) == 3
+    cutoff = datetime.now(UTC).date() - timedelta(days=1)
+    expected = sum(count for day, count in per_day.items() if day < cutoff)
+    assert expected > 0
+
+    result = materialize([retention], resources=pipeline.resources())
+    assert result.success
+    metadata = result.get_asset_materialization_events()[0].materialization.metadata
+    assert metadata["purged_staging_events"].value == expected
+    assert pipeline.query("SELECT DISTINCT partition_date FROM staging.events") == [(cutoff,)]
+    assert pipeline.scalar("SELECT min(partition_date) FROM raw.events") == cutoff
