@@ -1,0 +1,149 @@
+"""The whole pipeline under load: N days of generated events, every stage, to the emulator.
+
+    uv run python benchmarks/load_benchmark.py --days 30 --events-per-day 330000
+
+The demo generator writes the landing folder (Shopify pixel events in the collector envelope,
+Segment calls and batches, order webhooks, with their bad lines, duplicates, bots and late
+arrivals); the emulator runs in its own process without keeping bodies. Then every day is
+materialized in order, oldest first, the way a backfill or the daily schedule runs them: all
+assets, in one process, on one pair of DuckDB files. For each day it prints the seconds per
+stage (from Dagster's step events) and end to end; at the end the median day, the slowest day,
+the last day (the only one whose events are all inside Pinterest's 7-day window, so the one that
+sends the most) and the peak RSS of this process, DuckDB included. The emulator's memory is
+its own and is not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import os
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+TOKEN = "load-benchmark-token"
+ACCOUNT = "549755813599"
+# What the demo generator writes per visitor and day, roughly (lines, not events: a Segment
+# batch line holds several).
+LINES_PER_VISITOR_DAY = 6.5
+
+
+def landing_lines(folder: Path) -> int:
+    count = 0
+    for file in folder.rglob("*"):
+        if file.is_file():
+            opener = gzip.open if file.suffix == ".gz" else open
+            with opener(file, "rb") as handle:
+                count += sum(1 for _ in handle)
+    return count
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def stage_seconds(instance, run_id: str) -> dict[str, float]:
+    """Seconds per step, from the run's step start and success events."""
+    started: dict[str, float] = {}
+    seconds: dict[str, float] = {}
+    for entry in instance.all_logs(run_id):
+        event = entry.dagster_event
+        if event is None or event.step_key is None:
+            continue
+        if event.event_type_value == "STEP_START":
+            started[event.step_key] = entry.timestamp
+        elif event.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE"):
+            seconds[event.step_key] = entry.timestamp - started.get(event.step_key,
+                                                                    entry.timestamp)
+    return seconds
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--events-per-day", type=int, default=330_000)
+    parser.add_argument("--dir", type=Path, default=None,
+                        help="work folder (default: a temporary one, removed at the end)")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    args = parser.parse_args()
+
+    from dagster import AssetSelection, DagsterInstance, materialize
+
+    from capi_pipeline import definitions
+    from capi_pipeline.demo.generate import generate
+    from capi_pipeline.pinterest.emulator import EmulatorProcess
+    from capi_pipeline.resources import PinterestResource, PipelineSettings, WarehouseResource
+
+    folder = args.dir or Path(tempfile.mkdtemp(prefix="capi-load-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    landing = folder / "landing"
+    last = datetime.now(UTC).date() - timedelta(days=1)
+    visitors = max(1, int(args.events_per_day / LINES_PER_VISITOR_DAY))
+    started = time.perf_counter()
+    if not landing.exists():
+        generate(landing, last, days=args.days, visitors_per_day=visitors, seed=23)
+    lines = landing_lines(landing)
+    print(f"landing: {lines:,} lines for {args.days} days up to {last} "
+          f"({visitors:,} visitors a day), written in {time.perf_counter() - started:.0f} s",
+          flush=True)
+
+    days = [last - timedelta(days=back) for back in range(args.days - 1, -1, -1)]
+    assets = list(definitions.defs.assets)
+    selection = AssetSelection.all()
+    rows = []
+    with EmulatorProcess(token=TOKEN, ad_account_ids=(ACCOUNT,), keep_bodies=False) as emulator:
+        resources = {
+            "duckdb": WarehouseResource(database=str(folder / "warehouse.duckdb")),
+            "settings": PipelineSettings(landing_dir=str(landing)),
+            "pinterest": PinterestResource(base_url=emulator.base_url, ad_account_id=ACCOUNT,
+                                           access_token=TOKEN),
+            "dbt": definitions.defs.resources["dbt"],
+        }
+        instance = DagsterInstance.ephemeral()
+        total_started = time.perf_counter()
+        for day in days:
+            day_started = time.perf_counter()
+            result = materialize(assets, partition_key=str(day), resources=resources,
+                                 selection=selection, instance=instance, raise_on_error=False)
+            wall = time.perf_counter() - day_started
+            steps = stage_seconds(instance, result.run_id)
+            rows.append((day, wall, steps, result.success))
+            print(f"{day}  {wall:6.1f} s  "
+                  + "  ".join(f"{key.split('__')[-1][:14]}={value:.1f}"
+                              for key, value in steps.items()
+                              if not key.endswith(("_check", "_person", "_data", "_sent")))
+                  + ("" if result.success else "  FAILED")
+                  + f"  peak {peak_rss_mb():,.0f} MB", flush=True)
+        total = time.perf_counter() - total_started
+        sent = sum(emulator.event_counts().values()) if args.events_per_day <= 50_000 else None
+
+    walls = [wall for _, wall, _, _ in rows]
+    slowest = max(rows, key=lambda row: row[1])
+    print()
+    print(f"days: {len(rows)}, failed: {sum(not ok for *_, ok in rows)}")
+    print(f"total: {total:.0f} s for {lines:,} landing lines "
+          f"({lines / total:,.0f} lines/s end to end)")
+    print(f"median day: {statistics.median(walls):.1f} s; slowest: {slowest[0]} "
+          f"{slowest[1]:.1f} s; last day (all sent): {rows[-1][1]:.1f} s")
+    stages = sorted({key for _, _, steps, _ in rows for key in steps})
+    for key in stages:
+        values = [steps[key] for _, _, steps, _ in rows if key in steps]
+        print(f"  {key:55s} median {statistics.median(values):6.2f} s  "
+              f"max {max(values):6.2f} s  last {rows[-1][2].get(key, 0):6.2f} s")
+    print(f"peak RSS of the pipeline process: {peak_rss_mb():,.0f} MB")
+    if sent is not None:
+        print(f"events the emulator processed: {sent:,}")
+    print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}")
+    if not args.keep and args.dir is None:
+        shutil.rmtree(folder, ignore_errors=True)
+    return 0 if all(ok for *_, ok in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
