@@ -10,10 +10,12 @@ from capi_pipeline.identity import assets as identity
 from capi_pipeline.ingest import assets as ingest
 from capi_pipeline.marts import assets as marts
 from capi_pipeline.monitoring import assets as monitoring
+from capi_pipeline.monitoring import checks as monitoring_checks
+from capi_pipeline.monitoring.settings import monitoring_from_environment
 from capi_pipeline.resources import default_resources
 from capi_pipeline.staging import assets as staging
 
-STAGES = (ingest, staging, identity, enrich, delivery, monitoring)
+STAGES = (ingest, staging, identity, enrich, delivery, monitoring, monitoring_checks)
 
 # A run executes its steps in one process. DuckDB takes one writing process per file and the
 # stages form a chain, so step processes would add nothing but their start-up (about ten
@@ -33,6 +35,7 @@ defs = Definitions(
     ],
     asset_checks=load_asset_checks_from_modules(list(STAGES)),
     jobs=[replay_dead_letters_job],
-    resources={**default_resources(), "dbt": DbtCliResource(project_dir=marts.dbt_project)},
+    resources={**default_resources(), "dbt": DbtCliResource(project_dir=marts.dbt_project),
+               "monitoring": monitoring_from_environment()},
     executor=executor,
 )
