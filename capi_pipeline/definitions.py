@@ -11,6 +11,7 @@ from capi_pipeline.ingest import assets as ingest
 from capi_pipeline.marts import assets as marts
 from capi_pipeline.monitoring import assets as monitoring
 from capi_pipeline.monitoring import checks as monitoring_checks
+from capi_pipeline.monitoring import eqs
 from capi_pipeline.monitoring.settings import monitoring_from_environment
 from capi_pipeline.resources import default_resources
 from capi_pipeline.staging import assets as staging
@@ -31,6 +32,7 @@ defs = Definitions(
         enrich.pinterest_events,
         delivery.delivery_ledger,
         monitoring.match_rate,
+        eqs.pinterest_eqs,
         marts.dbt_marts,
     ],
     asset_checks=load_asset_checks_from_modules(list(STAGES)),

@@ -24,6 +24,7 @@ def test_asset_keys_groups_and_partitions():
         "delivery/event_outcomes": ("delivery", True),
         "delivery/requests": ("delivery", True),
         "monitoring/match_rate": ("monitoring", True),
+        "monitoring/pinterest_eqs": ("monitoring", True),
         "marts/match_rate_daily": ("marts", False),
     }
 
