@@ -14,6 +14,12 @@ from capi_pipeline.monitoring import checks as monitoring_checks
 from capi_pipeline.monitoring import eqs
 from capi_pipeline.monitoring.settings import monitoring_from_environment
 from capi_pipeline.resources import default_resources
+from capi_pipeline.schedules import (
+    daily_pipeline_job,
+    daily_schedule,
+    freshness_checks,
+    freshness_sensor,
+)
 from capi_pipeline.staging import assets as staging
 
 STAGES = (ingest, staging, identity, enrich, delivery, monitoring, monitoring_checks)
@@ -35,8 +41,10 @@ defs = Definitions(
         eqs.pinterest_eqs,
         marts.dbt_marts,
     ],
-    asset_checks=load_asset_checks_from_modules(list(STAGES)),
-    jobs=[replay_dead_letters_job],
+    asset_checks=[*load_asset_checks_from_modules(list(STAGES)), *freshness_checks],
+    jobs=[replay_dead_letters_job, daily_pipeline_job],
+    schedules=[daily_schedule],
+    sensors=[freshness_sensor],
     resources={**default_resources(), "dbt": DbtCliResource(project_dir=marts.dbt_project),
                "monitoring": monitoring_from_environment()},
     executor=executor,
