@@ -1,8 +1,6 @@
 """monitoring.match_rate and its checks on a day whose figures are known by construction
 (capi_pipeline_tests/monitoring_data.py), each check also on data built to break it."""
 
-from __future__ import annotations
-
 import duckdb
 import pytest
 from dagster import AssetCheckSeverity, AssetKey, MaterializeResult, asset, materialize
@@ -13,6 +11,7 @@ from capi_pipeline.monitoring.settings import MonitoringSettings
 from capi_pipeline.partitions import daily_partitions
 from capi_pipeline.resources import PinterestResource, WarehouseResource
 from capi_pipeline_tests import monitoring_data as data
+
 
 def written_by_the_test(key: list[str]):
     """A stand-in for the asset a check judges, whose rows the test wrote itself."""
