@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import os
+import shutil
 import sys
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -206,7 +207,8 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.days < 1:
         parser.error("--days must be at least 1")
-    console = Console(width=160)
+    # A pipe gets 80 columns from rich, too few for the table; a terminal keeps its own.
+    console = Console(width=max(shutil.get_terminal_size((200, 40)).columns, 160))
     try:
         report = load(args.db, args.date, args.days)
     except ReportError as error:
