@@ -47,7 +47,12 @@ LOCATION_QUERY = """
 { workspaceOrError { __typename ... on Workspace { locationEntries { name loadStatus
   locationOrLoadError { __typename ... on PythonError { message } } } } } }
 """
-ASSET_QUERY = "query($path: [String!]!) { assetOrError(assetKey: {path: $path}) { __typename } }"
+# An asset that only has history (materialized once, since removed) is an Asset too, without
+# a definition: only one with a definition is in the code location.
+ASSET_QUERY = """
+query($path: [String!]!) { assetOrError(assetKey: {path: $path}) { __typename
+  ... on Asset { definition { id } } } }
+"""
 
 
 class ScreenshotError(Exception):
@@ -128,7 +133,8 @@ def require_assets(base: str, assets: Sequence[Sequence[str]]) -> None:
     for path in assets:
         answer = httpx.post(f"{base}/graphql", timeout=30, json={
             "query": ASSET_QUERY, "variables": {"path": list(path)}}).json()
-        if answer["data"]["assetOrError"]["__typename"] != "Asset":
+        found = answer["data"]["assetOrError"]
+        if found["__typename"] != "Asset" or not found.get("definition"):
             raise ScreenshotError(f"asset {'/'.join(path)} is missing from the code location")
 
 
