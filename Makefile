@@ -5,7 +5,7 @@
 PYTHON ?= python3
 UV ?= $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 
-.PHONY: install demo test lint dev clean
+.PHONY: install demo test lint dev clean screenshots
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -28,6 +28,11 @@ dev: install
 	test -f data/demo/dagster_home/dagster.yaml || cp deploy/dagster.yaml data/demo/dagster_home/
 	DAGSTER_HOME=$(CURDIR)/data/demo/dagster_home CAPI_DUCKDB_PATH=data/demo/warehouse.duckdb \
 		$(UV) run --frozen dagster dev -w workspace.yaml
+
+# Photographs of the Dagster UI and the report over the demo's files, into docs/screenshots/
+# (needs `make demo` first and /usr/bin/chromium: apt-get install -y chromium).
+screenshots: install
+	$(UV) run --frozen python -m capi_pipeline screenshots
 
 clean:
 	rm -rf data/demo capi_pipeline/dbt_project/target capi_pipeline/dbt_project/logs

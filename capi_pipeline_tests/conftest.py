@@ -35,6 +35,7 @@ class Pipeline:
                 **pinterest,
             }),
             "dbt": definitions.defs.resources["dbt"],
+            "monitoring": definitions.defs.resources["monitoring"],
         }
 
     def run(self, partition: str, selection=None, marts: bool = False, **pinterest):

@@ -58,7 +58,7 @@ def backfill(tmp_path_factory, emulator):
     try:
         launched = subprocess.run(
             [str(bin_dir / "dagster"), "job", "backfill", "-m", "capi_pipeline.definitions",
-             "-j", "daily_pipeline", "--partitions", ",".join(days), "--noprompt"],
+             "-j", "daily_pipeline_job", "--partitions", ",".join(days), "--noprompt"],
             env=env, cwd=ROOT, capture_output=True, text=True, timeout=180,
         )
         assert launched.returncode == 0, launched.stdout[-2000:] + launched.stderr[-3000:]
@@ -67,11 +67,11 @@ def backfill(tmp_path_factory, emulator):
             instance = DagsterInstance.get()
             deadline = time.monotonic() + 600
             while time.monotonic() < deadline:
-                runs = instance.get_runs(RunsFilter(job_name="daily_pipeline"))
+                runs = instance.get_runs(RunsFilter(job_name="daily_pipeline_job"))
                 if len(runs) >= DAYS and all(run.status in TERMINAL for run in runs):
                     break
                 time.sleep(2)
-            runs = instance.get_runs(RunsFilter(job_name="daily_pipeline"))
+            runs = instance.get_runs(RunsFilter(job_name="daily_pipeline_job"))
             logs = {run.run_id: [entry.message for entry in instance.all_logs(run.run_id)]
                     for run in runs}
         finally:

@@ -24,8 +24,13 @@ def test_asset_keys_groups_and_partitions():
         "delivery/event_outcomes": ("delivery", True),
         "delivery/requests": ("delivery", True),
         "monitoring/match_rate": ("monitoring", True),
+        "monitoring/pinterest_eqs": ("monitoring", True),
         "marts/match_rate_daily": ("marts", False),
         "privacy/retention": ("privacy", False),
+        "marts/match_rate_by_event": ("marts", False),
+        "marts/delivery_daily_summary": ("marts", False),
+        "marts/dead_letters_by_reason": ("marts", False),
+        "marts/visitor_counts": ("marts", False),
     }
 
 
@@ -42,6 +47,10 @@ def test_lineage_runs_from_landing_to_marts():
     assert parents("delivery/event_outcomes") == {"capi/pinterest_events"}
     assert parents("monitoring/match_rate") == {"delivery/event_outcomes"}
     assert parents("marts/match_rate_daily") == {"monitoring/match_rate"}
+    assert parents("marts/delivery_daily_summary") == {"delivery/event_outcomes",
+                                                      "delivery/requests"}
+    # Analysts' models read the warehouse file only, never the personal-data file.
+    assert parents("marts/visitor_counts") == {"capi/pinterest_events"}
 
 
 def test_checks_are_attached():

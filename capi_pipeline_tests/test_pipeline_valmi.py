@@ -158,9 +158,9 @@ def test_match_rate_counts_what_pinterest_processed(run):
         "SELECT events_seen, eligible, skipped_bot, sent, processed, em_share, click_id_share, "
         "match_rate, match_score FROM monitoring.match_rate "
         "WHERE partition_date = ? AND event_name = 'all'", day)[0]
-    # Every eligible event has email, IP+UA and the click id, but no phone or customer id:
-    # 35 + 25 + 20 of the score's 100 points.
-    assert row == (7, 6, 1, 6, 6, 1.0, 1.0, 1.0, pytest.approx(80.0))
+    # Every eligible event has email, IP+UA and the click id, but no customer id:
+    # 35 + 25 + 25 of the score's 100 points (monitoring.assets.SCORE_WEIGHTS).
+    assert row == (7, 6, 1, 6, 6, 1.0, 1.0, 1.0, pytest.approx(85.0))
     assert pipeline.query("SELECT processed_share FROM marts.match_rate_daily") == [(1.0,)]
 
 

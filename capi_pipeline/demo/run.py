@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
             "PINTEREST_API_BASE_URL": emulator.base_url,
             "PINTEREST_AD_ACCOUNT_ID": DEMO_AD_ACCOUNT,
             "PINTEREST_ACCESS_TOKEN": DEMO_TOKEN,
+            # The emulator takes one token for both endpoints; at Pinterest the event quality
+            # score needs an OAuth token with ads:read.
+            "PINTEREST_EQS_TOKEN": DEMO_TOKEN,
             "DAGSTER_HOME": str(folder / "dagster_home"),
         }
         Path(env["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)

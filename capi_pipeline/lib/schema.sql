@@ -252,5 +252,58 @@ CREATE TABLE IF NOT EXISTS monitoring.match_rate (
     hashed_maids_share DOUBLE,
     match_rate DOUBLE,
     match_score DOUBLE,
-    computed_at TIMESTAMPTZ NOT NULL
-)
+    computed_at TIMESTAMPTZ NOT NULL,
+    -- Every skip reason with its count, whatever reasons enrich gives (bot, consent, ...).
+    skipped_by_reason MAP(VARCHAR, INTEGER),
+    -- Events a dry run wrote to files instead of sending.
+    dry_run INTEGER
+);
+
+-- Files written before these columns existed get them; inserts name their columns.
+ALTER TABLE monitoring.match_rate ADD COLUMN IF NOT EXISTS skipped_by_reason MAP(VARCHAR, INTEGER);
+ALTER TABLE monitoring.match_rate ADD COLUMN IF NOT EXISTS dry_run INTEGER;
+
+-- The same skips in long form, one row per day, destination, event (plus 'all') and reason.
+CREATE TABLE IF NOT EXISTS monitoring.skipped_by_reason (
+    partition_date DATE NOT NULL,
+    destination VARCHAR NOT NULL,
+    event_name VARCHAR NOT NULL,
+    skip_reason VARCHAR NOT NULL,
+    events INTEGER NOT NULL
+);
+
+-- Pinterest's own Event Quality Score (GET /v5/ad_accounts/{id}/conversion_eqs), as read on
+-- the day after partition_date: one row per component (hashed_email, click_id_epik, ...) and
+-- Pinterest event, with the coverage in percent Pinterest reports.
+CREATE TABLE IF NOT EXISTS monitoring.pinterest_eqs (
+    partition_date DATE NOT NULL,
+    destination VARCHAR NOT NULL,
+    lookback_period VARCHAR NOT NULL,
+    source_platform VARCHAR,
+    ingestion_source VARCHAR,
+    overall_status VARCHAR NOT NULL,
+    component VARCHAR NOT NULL,
+    event_name VARCHAR NOT NULL,
+    coverage DOUBLE,
+    overlap DOUBLE,
+    issues JSON,
+    fetched_at TIMESTAMPTZ NOT NULL
+);
+
+-- Our identifier coverage beside Pinterest's, per day, destination, event and component.
+CREATE OR REPLACE VIEW monitoring.eqs_comparison AS
+SELECT e.partition_date, e.destination, e.event_name, e.component, e.overall_status,
+       e.coverage / 100 AS pinterest_coverage,
+       CASE e.component
+           WHEN 'hashed_email' THEN m.em_share
+           WHEN 'click_id_epik' THEN m.click_id_share
+           WHEN 'ip_address' THEN m.ip_ua_share
+           WHEN 'user_agent' THEN m.ip_ua_share
+           WHEN 'advertiser_external_id' THEN m.external_id_share
+           WHEN 'hashed_maid' THEN m.hashed_maids_share
+       END AS our_coverage
+FROM monitoring.pinterest_eqs e
+LEFT JOIN monitoring.match_rate m
+  ON m.partition_date = e.partition_date AND m.destination = e.destination
+ AND m.event_name = e.event_name
+

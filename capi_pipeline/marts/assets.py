@@ -15,10 +15,23 @@ dbt_project = DbtProject(
     project_dir=PACKAGE_DIR / "dbt_project",
     profiles_dir=PACKAGE_DIR.parent / "dbt_profiles",
 )
+
+
+def _manifest_is_stale() -> bool:
+    """Whether the manifest is missing or older than a model, macro or the project file."""
+    if not dbt_project.manifest_path.exists():
+        return True
+    built = dbt_project.manifest_path.stat().st_mtime
+    sources = [path for folder in ("models", "macros")
+               for path in (dbt_project.project_dir / folder).rglob("*")]
+    sources.append(dbt_project.project_dir / "dbt_project.yml")
+    return any(path.stat().st_mtime > built for path in sources if path.is_file())
+
+
 # `dagster dev` re-parses on start; the CLI and tests need a manifest too, so one is made on
-# first load when none exists (about five seconds, once).
+# load when none exists or a model changed since (about five seconds each time).
 dbt_project.prepare_if_dev()
-if not dbt_project.manifest_path.exists():
+if _manifest_is_stale():
     dbt_project.preparer.prepare(dbt_project)
 
 

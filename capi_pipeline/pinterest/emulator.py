@@ -76,6 +76,12 @@ Every random fault draws from its own stream, ``random.Random(f"{seed}:{name}")`
 each request (or, for ``--event-fail-rate``, each otherwise processed event) that reaches it,
 and ``/_emulator/reset`` rewinds them all.
 
+``GET /v5/ad_accounts/{id}/conversion_eqs?lookback_period=1d|14d`` answers Pinterest's Event
+Quality Score from the live events it kept (see :func:`event_quality_scores`): the coverage of
+each quality component per event name, per source platform, with the same token and account
+checks as the events endpoint. With ``--no-keep-bodies`` it has nothing to score and answers
+an empty list.
+
 Introspection endpoints, meant for a loopback test tool and therefore without auth:
 ``GET /_emulator/health``; ``GET /_emulator/stats`` (``?summary=1`` leaves out the map of
 event ids, which a million-event run makes megabytes long); ``GET /_emulator/event_counts``
@@ -1184,6 +1190,76 @@ class Ledger:
 
 
 # --------------------------------------------------------------------------------------------
+# Event quality score
+
+EQS_LOOKBACK_DAYS = {"1d": 1, "14d": 14}
+EQS_SOURCE_PLATFORMS = ("WEB", "MOBILE", "MOBILE_ANDROID", "MOBILE_IOS", "OFFLINE",
+                        "PINTEREST_WEB", "PINTEREST_ANDROID", "PINTEREST_IOS", "POINT_OF_SALE")
+EQS_INGESTION_SOURCES = ("TAG", "MMP", "FILE_UPLOAD", "CONVERSIONS_API", "NATIVE")
+_PLATFORM_OF_SOURCE = {"web": "WEB", "app_android": "MOBILE_ANDROID", "app_ios": "MOBILE_IOS",
+                       "offline": "OFFLINE"}
+
+
+def _has(value: Any) -> bool:
+    return value not in (None, "", [], {})
+
+
+# Pinterest's quality components (schema QualityComponents) and what in an event carries each.
+EQS_COMPONENTS: dict[str, Callable[[Mapping[str, Any]], bool]] = {
+    "hashed_email": lambda event: _has(event["user_data"].get("em")),
+    "hashed_maid": lambda event: _has(event["user_data"].get("hashed_maids")),
+    "ip_address": lambda event: _has(event["user_data"].get("client_ip_address")),
+    "user_agent": lambda event: _has(event["user_data"].get("client_user_agent")),
+    "click_id_epik": lambda event: _has(event["user_data"].get("click_id")),
+    "advertiser_external_id": lambda event: _has(event["user_data"].get("external_id")),
+    "external_event_id": lambda event: _has(event.get("event_id")),
+    "order_id": lambda event: _has((event.get("custom_data") or {}).get("order_id")),
+    "order_value": lambda event: _has((event.get("custom_data") or {}).get("value")),
+    "product_id": lambda event: _has((event.get("custom_data") or {}).get("content_ids"))
+    or any(_has(item.get("id")) for item in (event.get("custom_data") or {}).get("contents")
+           or ()),
+    "source_url": lambda event: _has(event.get("event_source_url")),
+}
+# Not published: how Pinterest turns coverages into its rating. The emulator rates the mean
+# coverage of the five web user-matching components: 60% or more GOOD, 30% or more FAIR.
+_RATED_COMPONENTS = ("hashed_email", "ip_address", "user_agent", "click_id_epik",
+                     "advertiser_external_id")
+
+
+def event_quality_scores(events: Sequence[Mapping[str, Any]], now: float,
+                         lookback_period: str) -> list[dict[str, Any]]:
+    """The ``EventQualityScore`` list for events that happened within the lookback window.
+
+    One entry per source platform the events came from (ingestion source CONVERSIONS_API, the
+    only one the emulator receives), each with the percentage of each event name's events that
+    carry each quality component.
+    """
+    since = now - EQS_LOOKBACK_DAYS[lookback_period] * 86_400
+    by_platform: dict[str, dict[str, list[Mapping[str, Any]]]] = {}
+    for event in events:
+        if event.get("event_time", 0) < since:
+            continue
+        platform = _PLATFORM_OF_SOURCE.get(event.get("action_source"), "WEB")
+        by_platform.setdefault(platform, {}).setdefault(event["event_name"], []).append(event)
+    scores = []
+    for platform, by_name in sorted(by_platform.items()):
+        components: dict[str, dict[str, dict[str, Any]]] = {}
+        for component, present in EQS_COMPONENTS.items():
+            components[component] = {
+                name: {"coverage": round(100 * sum(map(present, named)) / len(named), 2)}
+                for name, named in sorted(by_name.items())
+            }
+        everything = [event for named in by_name.values() for event in named]
+        rated = sum(sum(map(EQS_COMPONENTS[name], everything)) for name in _RATED_COMPONENTS)
+        mean = 100 * rated / (len(everything) * len(_RATED_COMPONENTS))
+        status = "GOOD" if mean >= 60 else "FAIR" if mean >= 30 else "NEEDS_IMPROVEMENT"
+        scores.append({"overall_status": status, "quality_components": components,
+                       "ingestion_source": "CONVERSIONS_API", "source_platform": platform,
+                       "lookback_period": lookback_period})
+    return scores
+
+
+# --------------------------------------------------------------------------------------------
 # HTTP layer
 
 
@@ -1393,6 +1469,30 @@ class Emulator:
         with self._record_path.open("ab") as handle:
             handle.write(line + b"\n")
 
+    async def get_conversion_eqs(self, request: Request) -> Response:
+        """``GET /v5/ad_accounts/{ad_account_id}/conversion_eqs``: the event quality score."""
+        refusal = self._access_refusal(request)
+        if refusal is not None:
+            return refusal
+        params = request.query_params
+        lookback = params.get("lookback_period")
+        if lookback not in EQS_LOOKBACK_DAYS:
+            return _invalid("query parameter lookback_period must be 1d or 14d")
+        platform = params.get("source_platform")
+        if platform is not None and platform not in EQS_SOURCE_PLATFORMS:
+            return _invalid(f"query parameter source_platform must be one of "
+                            f"{', '.join(EQS_SOURCE_PLATFORMS)}")
+        ingestion = params.get("ingestion_source")
+        if ingestion is not None and ingestion not in EQS_INGESTION_SOURCES:
+            return _invalid(f"query parameter ingestion_source must be one of "
+                            f"{', '.join(EQS_INGESTION_SOURCES)}")
+        events = [event for body in self.ledger.kept_bodies
+                  for event in orjson.loads(body)["data"]]
+        scores = event_quality_scores(events, self.clock(), lookback)
+        return _json(200, [score for score in scores
+                           if platform in (None, score["source_platform"])
+                           and ingestion in (None, score["ingestion_source"])])
+
     async def get_stats(self, request: Request) -> Response:
         """``GET /_emulator/stats``; ``?summary=1`` leaves out ``processed_by_event_id``."""
         summary = request.query_params.get("summary", "0").lower()
@@ -1461,6 +1561,8 @@ def create_app(config: EmulatorConfig, clock: Callable[[], float] = time.time,
         routes=[
             Route("/v5/ad_accounts/{ad_account_id}/events", emulator.post_events,
                   methods=["POST"]),
+            Route("/v5/ad_accounts/{ad_account_id}/conversion_eqs",
+                  emulator.get_conversion_eqs, methods=["GET"]),
             Route("/_emulator/stats", emulator.get_stats, methods=["GET"]),
             Route("/_emulator/event_counts", emulator.get_event_counts, methods=["GET"]),
             Route("/_emulator/bodies", emulator.get_bodies, methods=["GET"]),
