@@ -84,6 +84,10 @@ class PipelineSettings(ConfigurableResource):
     junk_emails: list[str] = Field(
         default_factory=list, description="Addresses that never join visitors (support inboxes)."
     )
+    max_visitor_identifiers: int = Field(
+        default=200,
+        description="A merge that would give one visitor more identifiers than this is refused.",
+    )
 
 
 class PinterestResource(ConfigurableResource):
