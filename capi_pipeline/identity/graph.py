@@ -53,9 +53,6 @@ JUNK_IDS = (
 # Identifier kinds, most personal first: an event belongs to the visitor of the first of its
 # identifiers that is not a hub.
 KINDS = ("customer", "email", "phone", "device", "client", "checkout", "cart")
-PEOPLE = ("customer", "email", "phone")
-BROWSERS = ("client", "device")
-TOKENS = ("checkout", "cart")
 IDENTITY_TABLES = (
     "identifiers", "edges", "refused_edges", "event_visitors", "identifier_days", "edge_days",
     "graph_days", "graph_runs", "visitor_id_map", "visitor_profiles",
@@ -74,10 +71,10 @@ class GraphRules:
     attribution_window_days: int = 30
 
     def fingerprint(self) -> str:
-        """The rules that decide nodes and edges; a change makes the next run rebuild."""
+        """The rules that decide nodes, edges and attribution; a change makes the next run
+        reread every staged day."""
         rules = asdict(self)
         rules["junk_emails"] = sorted(self.junk_emails)
-        rules.pop("attribution_window_days")
         return json.dumps(rules, sort_keys=True)
 
 
@@ -234,6 +231,7 @@ def _apply(conn: duckdb.DuckDBPyConnection, rules: GraphRules, plan: RunPlan) ->
     changes = _assign_visitor_ids(conn, labels)
     _update_events(conn, plan.full, new_hubs)
     _refresh_profiles(conn, plan.full)
+    _attribute_clicks(conn, rules, plan.full)
     _write_refused_edges(conn)
     conn.execute("DELETE FROM identity.graph_days WHERE partition_date IN "
                  "(SELECT partition_date FROM run_days)")
@@ -313,21 +311,21 @@ def _extract(conn: duckdb.DuckDBPyConnection, rules: GraphRules) -> None:
     # Normalization runs once per distinct value, not per event.
     emails = [row[0] for row in conn.execute(
         "SELECT DISTINCT raw_email FROM run_staged WHERE raw_email IS NOT NULL").fetchall()]
-    run_emails = pa.table({  # noqa: F841 - read by name in the SQL below
+    email_values = pa.table({  # noqa: F841 - read by name in the SQL below
         "raw": pa.array(emails, pa.string()),
         "node": pa.array([email_node(email, rules) for email in emails], pa.string()),
     })
-    conn.execute("CREATE OR REPLACE TEMP TABLE run_emails AS SELECT * FROM run_emails")
+    conn.execute("CREATE OR REPLACE TEMP TABLE run_emails AS SELECT * FROM email_values")
     phones = conn.execute(
         "SELECT DISTINCT raw_phone, country FROM run_staged WHERE raw_phone IS NOT NULL"
     ).fetchall()
-    run_phones = pa.table({  # noqa: F841
+    phone_values = pa.table({  # noqa: F841
         "raw": pa.array([raw for raw, _ in phones], pa.string()),
         "country": pa.array([country for _, country in phones], pa.string()),
         "node": pa.array([phone_node(raw, country, rules) for raw, country in phones],
                          pa.string()),
     })
-    conn.execute("CREATE OR REPLACE TEMP TABLE run_phones AS SELECT * FROM run_phones")
+    conn.execute("CREATE OR REPLACE TEMP TABLE run_phones AS SELECT * FROM phone_values")
 
     conn.execute(JUNK_ID_MACRO.replace("$junk_ids", _sql_list(JUNK_IDS)))
     conn.execute(RUN_NODES_SQL, {"kinds": list(KINDS)})
@@ -351,7 +349,8 @@ def _extract(conn: duckdb.DuckDBPyConnection, rules: GraphRules) -> None:
                n.node_ids[1] AS anchor_node_id, s.action_source, m.node AS email,
                p.node AS phone, s.first_name, s.last_name, s.city, s.state, s.zip, s.country,
                s.customer_id, s.ip, s.user_agent, s.click_id, s.gender, s.date_of_birth,
-               s.advertising_id
+               s.advertising_id, NULL::VARCHAR AS attributed_click_id,
+               NULL::TIMESTAMPTZ AS attributed_click_at
         FROM run_staged s
         JOIN (SELECT event_key, list(node_id ORDER BY rank, node_id) AS node_ids
               FROM run_node_ids GROUP BY event_key) n USING (event_key)
@@ -623,7 +622,8 @@ def _guarded_components(
 # all its identifiers had one id and that id had no other identifiers.
 COMPONENTS_SQL = """
 CREATE OR REPLACE TEMP TABLE node_components AS
-SELECT i.node_id, i.node_key, i.visitor_id AS old_visitor_id, i.first_seen, l.component
+SELECT i.node_id, i.node_key, i.visitor_id AS old_visitor_id, i.first_seen, l.component,
+       i.hub_reason IS NOT NULL AS hub
 FROM identity.identifiers i JOIN component_labels l ON l.node_id = i.node_id
 """
 
@@ -656,14 +656,19 @@ old_visitors AS (
     GROUP BY old_visitor_id
 ),
 overlap AS (
-    SELECT component, old_visitor_id, count(*) AS shared FROM changed
+    SELECT component, old_visitor_id, count(*) AS shared, bool_and(hub) AS only_hubs,
+           min(first_seen) AS earliest
+    FROM changed
     WHERE old_visitor_id <> '' GROUP BY component, old_visitor_id
 ),
+-- On a tie (a visitor split into equal parts) the part that is a person, not a hub that just
+-- lost its edges, keeps the id; then the part seen first.
 claims AS (
     SELECT o.component, o.old_visitor_id, v.first_seen, v.nodes
     FROM overlap o JOIN old_visitors v USING (old_visitor_id)
     QUALIFY row_number() OVER (
-        PARTITION BY o.old_visitor_id ORDER BY o.shared DESC, o.component) = 1
+        PARTITION BY o.old_visitor_id
+        ORDER BY o.shared DESC, o.only_hubs, o.earliest NULLS LAST, o.component) = 1
 ),
 keepers AS (
     SELECT component, old_visitor_id FROM claims
@@ -825,6 +830,43 @@ SELECT e.visitor_id,
 FROM events e LEFT JOIN identifier_counts c USING (visitor_id)
 GROUP BY e.visitor_id
 """
+
+
+# An event's click id is its own, else the visitor's latest click before it within the
+# attribution window: what a conversion days after the landing page is attributed to.
+ATTRIBUTION_SQL = """
+CREATE OR REPLACE TEMP TABLE run_attribution AS
+WITH events AS (
+    SELECT event_key, visitor_id, event_time, click_id FROM identity.event_visitors WHERE {which}
+),
+clicks AS (
+    SELECT visitor_id, event_time AS click_time, click_id FROM events WHERE click_id IS NOT NULL
+)
+SELECT e.event_key,
+       CASE WHEN e.click_id IS NOT NULL THEN e.click_id
+            WHEN e.event_time - c.click_time <= to_days($window_days) THEN c.click_id END
+           AS attributed_click_id,
+       CASE WHEN e.click_id IS NOT NULL THEN e.event_time
+            WHEN e.event_time - c.click_time <= to_days($window_days) THEN c.click_time END
+           AS attributed_click_at
+FROM events e
+ASOF LEFT JOIN clicks c ON c.visitor_id = e.visitor_id AND e.event_time >= c.click_time
+"""
+
+
+def _attribute_clicks(conn: duckdb.DuckDBPyConnection, rules: GraphRules, full: bool) -> None:
+    which = "TRUE" if full else "visitor_id IN (SELECT visitor_id FROM affected_visitors)"
+    conn.execute(ATTRIBUTION_SQL.format(which=which),
+                 {"window_days": rules.attribution_window_days})
+    conn.execute("""
+        UPDATE identity.event_visitors e
+        SET attributed_click_id = a.attributed_click_id,
+            attributed_click_at = a.attributed_click_at
+        FROM run_attribution a
+        WHERE e.event_key = a.event_key
+          AND (e.attributed_click_id IS DISTINCT FROM a.attributed_click_id
+               OR e.attributed_click_at IS DISTINCT FROM a.attributed_click_at)
+    """)
 
 
 def _refresh_profiles(conn: duckdb.DuckDBPyConnection, full: bool) -> None:

@@ -154,7 +154,11 @@ CREATE TABLE IF NOT EXISTS identity.event_visitors (
     click_id VARCHAR,
     gender VARCHAR,
     date_of_birth VARCHAR,
-    advertising_id VARCHAR
+    advertising_id VARCHAR,
+    -- The Pinterest click id this event is attributed to: its own, else its visitor's latest
+    -- click before it within the attribution window (settings.attribution_window_days).
+    attributed_click_id VARCHAR,
+    attributed_click_at TIMESTAMPTZ
 );
 
 -- Per staged day: each identifier's events, and each pair's events (node ids).
