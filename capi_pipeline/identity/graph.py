@@ -261,10 +261,10 @@ def _stats(conn, plan: RunPlan, new_hubs: list[int], size_refused: int,
 # The events people made on the days read: bots and test traffic would only join strangers.
 RUN_EVENTS_SQL = """
 CREATE OR REPLACE TEMP TABLE run_staged AS
-SELECT event_key, partition_date, event_time, action_source, client_id, customer_id,
-       email AS raw_email, phone AS raw_phone, first_name, last_name, city, state, zip, country,
-       ip, user_agent, click_id, checkout_token, cart_token, advertising_id, gender,
-       date_of_birth
+SELECT row_number() OVER () AS ev, event_key, partition_date, event_time, action_source,
+       client_id, customer_id, email AS raw_email, phone AS raw_phone, first_name, last_name,
+       city, state, zip, country, ip, user_agent, click_id, checkout_token, cart_token,
+       advertising_id, gender, date_of_birth
 FROM staging.events
 WHERE partition_date IN (SELECT partition_date FROM run_days)
   AND duplicate_of IS NULL AND NOT is_bot AND NOT is_test
@@ -280,24 +280,19 @@ CREATE OR REPLACE TEMP MACRO capi_junk_id(v) AS
 
 RUN_NODES_SQL = """
 CREATE OR REPLACE TEMP TABLE run_nodes AS
-WITH events AS (
-    SELECT s.*, m.node AS email, p.node AS phone
-    FROM run_staged s
-    LEFT JOIN run_emails m ON m.raw = s.raw_email
-    LEFT JOIN run_phones p ON p.raw = s.raw_phone AND p.country IS NOT DISTINCT FROM s.country
-),
-unpivoted AS (
-    SELECT event_key, partition_date, event_time, 'customer' AS kind, customer_id AS value
-    FROM events
-    UNION ALL SELECT event_key, partition_date, event_time, 'email', email FROM events
-    UNION ALL SELECT event_key, partition_date, event_time, 'phone', phone FROM events
-    UNION ALL SELECT event_key, partition_date, event_time, 'device', advertising_id FROM events
-    UNION ALL SELECT event_key, partition_date, event_time, 'client', client_id FROM events
-    UNION ALL SELECT event_key, partition_date, event_time, 'checkout', checkout_token
-    FROM events
-    UNION ALL SELECT event_key, partition_date, event_time, 'cart', cart_token FROM events
+WITH unpivoted AS (
+    SELECT ev, partition_date, event_time, 'customer' AS kind, customer_id AS value
+    FROM run_events
+    UNION ALL SELECT ev, partition_date, event_time, 'email', email FROM run_events
+    UNION ALL SELECT ev, partition_date, event_time, 'phone', phone FROM run_events
+    UNION ALL SELECT ev, partition_date, event_time, 'device', advertising_id
+    FROM run_events
+    UNION ALL SELECT ev, partition_date, event_time, 'client', client_id FROM run_events
+    UNION ALL SELECT ev, partition_date, event_time, 'checkout', checkout_token
+    FROM run_events
+    UNION ALL SELECT ev, partition_date, event_time, 'cart', cart_token FROM run_events
 )
-SELECT DISTINCT event_key, partition_date, event_time, kind, value,
+SELECT ev, partition_date, event_time, kind, value,
        kind || ':' || value AS node_key, list_position($kinds, kind) AS rank
 FROM unpivoted
 WHERE value IS NOT NULL AND trim(value) <> ''
@@ -311,22 +306,27 @@ def _extract(conn: duckdb.DuckDBPyConnection, rules: GraphRules) -> None:
     # Normalization runs once per distinct value, not per event.
     emails = [row[0] for row in conn.execute(
         "SELECT DISTINCT raw_email FROM run_staged WHERE raw_email IS NOT NULL").fetchall()]
-    email_values = pa.table({  # noqa: F841 - read by name in the SQL below
+    _temp_table(conn, "run_emails", pa.table({
         "raw": pa.array(emails, pa.string()),
         "node": pa.array([email_node(email, rules) for email in emails], pa.string()),
-    })
-    conn.execute("CREATE OR REPLACE TEMP TABLE run_emails AS SELECT * FROM email_values")
+    }))
     phones = conn.execute(
         "SELECT DISTINCT raw_phone, country FROM run_staged WHERE raw_phone IS NOT NULL"
     ).fetchall()
-    phone_values = pa.table({  # noqa: F841
+    _temp_table(conn, "run_phones", pa.table({
         "raw": pa.array([raw for raw, _ in phones], pa.string()),
         "country": pa.array([country for _, country in phones], pa.string()),
         "node": pa.array([phone_node(raw, country, rules) for raw, country in phones],
                          pa.string()),
-    })
-    conn.execute("CREATE OR REPLACE TEMP TABLE run_phones AS SELECT * FROM phone_values")
+    }))
 
+    conn.execute("""
+        CREATE OR REPLACE TEMP TABLE run_events AS
+        SELECT s.* EXCLUDE (raw_email, raw_phone), m.node AS email, p.node AS phone
+        FROM run_staged s
+        LEFT JOIN run_emails m ON m.raw = s.raw_email
+        LEFT JOIN run_phones p ON p.raw = s.raw_phone AND p.country IS NOT DISTINCT FROM s.country
+    """)
     conn.execute(JUNK_ID_MACRO.replace("$junk_ids", _sql_list(JUNK_IDS)))
     conn.execute(RUN_NODES_SQL, {"kinds": list(KINDS)})
     next_id = conn.execute(
@@ -334,29 +334,24 @@ def _extract(conn: duckdb.DuckDBPyConnection, rules: GraphRules) -> None:
     conn.execute("""
         INSERT INTO identity.identifiers
             (node_key, identifier_type, identifier_value, visitor_id, events, node_id)
-        SELECT node_key, kind, value, '', 0, $next_id - 1 + row_number() OVER (ORDER BY node_key)
+        SELECT node_key, kind, value, '', 0, $next_id - 1 + row_number() OVER ()
         FROM (SELECT DISTINCT node_key, kind, value FROM run_nodes) n
         WHERE NOT EXISTS (SELECT 1 FROM identity.identifiers i WHERE i.node_key = n.node_key)
     """, {"next_id": next_id})
     conn.execute("""
         CREATE OR REPLACE TEMP TABLE run_node_ids AS
-        SELECT n.event_key, n.partition_date, n.event_time, n.rank, i.node_id
+        SELECT n.ev, n.partition_date, n.event_time, n.rank, i.node_id
         FROM run_nodes n JOIN identity.identifiers i USING (node_key)
     """)
-    conn.execute("""
-        CREATE OR REPLACE TEMP TABLE run_event_facts AS
-        SELECT s.event_key, s.partition_date, '' AS visitor_id, s.event_time, n.node_ids,
-               n.node_ids[1] AS anchor_node_id, s.action_source, m.node AS email,
-               p.node AS phone, s.first_name, s.last_name, s.city, s.state, s.zip, s.country,
-               s.customer_id, s.ip, s.user_agent, s.click_id, s.gender, s.date_of_birth,
-               s.advertising_id, NULL::VARCHAR AS attributed_click_id,
-               NULL::TIMESTAMPTZ AS attributed_click_at
-        FROM run_staged s
-        JOIN (SELECT event_key, list(node_id ORDER BY rank, node_id) AS node_ids
-              FROM run_node_ids GROUP BY event_key) n USING (event_key)
-        LEFT JOIN run_emails m ON m.raw = s.raw_email
-        LEFT JOIN run_phones p ON p.raw = s.raw_phone AND p.country IS NOT DISTINCT FROM s.country
-    """)
+
+
+def _temp_table(conn: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> None:
+    """A temp table holding an arrow table's rows."""
+    conn.register(f"{name}_arrow", table)
+    try:
+        conn.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT * FROM {name}_arrow")
+    finally:
+        conn.unregister(f"{name}_arrow")
 
 
 def _sql_list(values) -> str:
@@ -378,10 +373,19 @@ def _replace_days(conn: duckdb.DuckDBPyConnection) -> None:
         SELECT a.partition_date, a.node_id, b.node_id, count(*), min(a.event_time),
                max(a.event_time)
         FROM run_node_ids a
-        JOIN run_node_ids b ON a.event_key = b.event_key AND a.node_id < b.node_id
+        JOIN run_node_ids b ON a.ev = b.ev AND a.node_id < b.node_id
         GROUP BY a.partition_date, a.node_id, b.node_id
     """)
-    conn.execute("INSERT INTO identity.event_visitors BY NAME SELECT * FROM run_event_facts")
+    conn.execute("""
+        INSERT INTO identity.event_visitors BY NAME
+        SELECT e.event_key, e.partition_date, '' AS visitor_id, e.event_time, n.node_ids,
+               n.first_node AS anchor_node_id, e.action_source, e.email, e.phone, e.first_name,
+               e.last_name, e.city, e.state, e.zip, e.country, e.customer_id, e.ip,
+               e.user_agent, e.click_id, e.gender, e.date_of_birth, e.advertising_id
+        FROM run_events e
+        JOIN (SELECT ev, list(node_id) AS node_ids, arg_min(node_id, rank) AS first_node
+              FROM run_node_ids GROUP BY ev) n USING (ev)
+    """)
 
 
 # --- the accumulated graph --------------------------------------------------------------------
@@ -602,9 +606,9 @@ def _guarded_components(
         reasons[bad] = now_sizes[now[sa[bad]]]
     if refused.any():
         rows = inside[refused]
-        size_refused = pa.table({  # noqa: F841 - read by name in the SQL below
+        _temp_table(conn, "size_refused", pa.table({
             "a_id": a[rows], "b_id": b[rows], "size": reasons[refused],
-        })
+        }))
         conn.execute("""
             UPDATE identity.edges e
             SET refused_reason = 'size: would join ' || r.size
@@ -657,7 +661,7 @@ old_visitors AS (
 ),
 overlap AS (
     SELECT component, old_visitor_id, count(*) AS shared, bool_and(hub) AS only_hubs,
-           min(first_seen) AS earliest
+           min(first_seen) AS earliest, min(node_key) AS first_key
     FROM changed
     WHERE old_visitor_id <> '' GROUP BY component, old_visitor_id
 ),
@@ -668,7 +672,7 @@ claims AS (
     FROM overlap o JOIN old_visitors v USING (old_visitor_id)
     QUALIFY row_number() OVER (
         PARTITION BY o.old_visitor_id
-        ORDER BY o.shared DESC, o.only_hubs, o.earliest NULLS LAST, o.component) = 1
+        ORDER BY o.shared DESC, o.only_hubs, o.earliest NULLS LAST, o.first_key) = 1
 ),
 keepers AS (
     SELECT component, old_visitor_id FROM claims
@@ -691,10 +695,10 @@ FROM firsts f LEFT JOIN keepers k USING (component)
 
 def _assign_visitor_ids(conn: duckdb.DuckDBPyConnection, labels: np.ndarray) -> dict[str, int]:
     """Give every changed component its visitor id and record ids that stopped being used."""
-    component_labels = pa.table({  # noqa: F841 - read by name in the SQL below
+    _temp_table(conn, "component_labels", pa.table({
         "node_id": np.arange(len(labels), dtype=np.int64),
         "component": labels.astype(np.int64),
-    })
+    }))
     conn.execute(COMPONENTS_SQL)
     conn.execute(CHANGED_SQL)
     conn.execute(NEW_IDS_SQL)
@@ -738,35 +742,43 @@ def _assign_visitor_ids(conn: duckdb.DuckDBPyConnection, labels: np.ndarray) -> 
 
 def _update_events(conn: duckdb.DuckDBPyConnection, full: bool, new_hubs: list[int]) -> None:
     """Point each event at its visitor: the visitor of its most personal identifier that is
-    not a hub, so a purchase made on a shop's kiosk goes to the buyer, not to the kiosk."""
-    if full:
-        which = "TRUE"
-    else:
-        which = ("partition_date IN (SELECT partition_date FROM run_days) "
-                 "OR list_has_any(node_ids, $new_hubs::BIGINT[])")
-    conn.execute(f"""
+    not a hub, so a purchase made on a shop's kiosk goes to the buyer, not to the kiosk.
+
+    The new days' events were given their most personal identifier; only events carrying a
+    hub need another look: the new days' events with any hub, older ones with a hub found (or
+    cleared) in this run.
+    """
+    hubs = [row[0] for row in conn.execute(
+        "SELECT node_id FROM identity.identifiers WHERE hub_reason IS NOT NULL").fetchall()]
+    conn.execute("""
         CREATE OR REPLACE TEMP TABLE run_anchors AS
         SELECT u.event_key,
-               arg_min(u.node_id, u.position + CASE WHEN i.hub_reason IS NULL THEN 0 ELSE 100 END)
+               arg_min(u.node_id, list_position($kinds, i.identifier_type)
+                                  + CASE WHEN i.hub_reason IS NULL THEN 0 ELSE 100 END)
                    AS anchor_node_id
-        FROM (SELECT event_key, unnest(node_ids) AS node_id,
-                     generate_subscripts(node_ids, 1) AS position
-              FROM identity.event_visitors WHERE {which}) u
+        FROM (SELECT event_key, unnest(node_ids) AS node_id FROM identity.event_visitors
+              WHERE (partition_date IN (SELECT partition_date FROM run_days)
+                     AND list_has_any(node_ids, $hubs::BIGINT[]))
+                 OR list_has_any(node_ids, $changed::BIGINT[])) u
         JOIN identity.identifiers i USING (node_id)
         GROUP BY u.event_key
-    """, None if full else {"new_hubs": new_hubs})
-    # The visitors that lose or gain events or identifiers get new profiles.
+    """, {"kinds": list(KINDS), "hubs": hubs, "changed": new_hubs})
     conn.execute("""
         CREATE OR REPLACE TEMP TABLE touched_nodes AS
-        SELECT node_id FROM node_changes UNION SELECT anchor_node_id FROM run_anchors
+        SELECT node_id FROM node_changes
+        UNION SELECT anchor_node_id FROM run_anchors
+        UNION SELECT anchor_node_id FROM identity.event_visitors
+              WHERE partition_date IN (SELECT partition_date FROM run_days)
     """)
-    conn.execute("""
-        CREATE OR REPLACE TEMP TABLE affected_visitors AS
-        SELECT old_visitor_id AS visitor_id FROM node_changes
-        UNION SELECT visitor_id FROM node_changes
-        UNION SELECT visitor_id FROM identity.event_visitors
-              WHERE event_key IN (SELECT event_key FROM run_anchors)
-    """)
+    if not full:
+        # The visitors that lose or gain events or identifiers get new profiles.
+        conn.execute("""
+            CREATE OR REPLACE TEMP TABLE affected_visitors AS
+            SELECT old_visitor_id AS visitor_id FROM node_changes
+            UNION SELECT visitor_id FROM node_changes
+            UNION SELECT visitor_id FROM identity.event_visitors
+                  WHERE event_key IN (SELECT event_key FROM run_anchors)
+        """)
     conn.execute("""
         UPDATE identity.event_visitors e SET anchor_node_id = a.anchor_node_id
         FROM run_anchors a WHERE e.event_key = a.event_key AND e.anchor_node_id <> a.anchor_node_id
@@ -777,58 +789,66 @@ def _update_events(conn: duckdb.DuckDBPyConnection, full: bool, new_hubs: list[i
               WHERE node_id IN (SELECT node_id FROM touched_nodes)) i
         WHERE e.anchor_node_id = i.node_id AND e.visitor_id <> i.visitor_id
     """)
-    conn.execute("""
-        INSERT INTO affected_visitors
-        SELECT visitor_id FROM identity.identifiers
-        WHERE node_id IN (SELECT node_id FROM touched_nodes)
-    """)
+    if not full:
+        conn.execute("""
+            INSERT INTO affected_visitors
+            SELECT visitor_id FROM identity.identifiers
+            WHERE node_id IN (SELECT node_id FROM touched_nodes)
+        """)
 
 
 PROFILES_SQL = """
 INSERT INTO identity.visitor_profiles BY NAME
 WITH events AS (
-    SELECT e.*, coalesce(city, state, zip, country) IS NOT NULL AS has_address,
-           action_source = 'web' AND ip IS NOT NULL AND user_agent IS NOT NULL AS web
-    FROM identity.event_visitors e
+    SELECT visitor_id, event_time, email, phone, first_name, last_name, customer_id, click_id,
+           gender, date_of_birth, advertising_id,
+           CASE WHEN coalesce(city, state, zip, country) IS NOT NULL
+                THEN {{'city': city, 'state': state, 'zip': zip, 'country': country}} END
+               AS address,
+           CASE WHEN action_source = 'web' AND ip IS NOT NULL AND user_agent IS NOT NULL
+                THEN {{'ip': ip, 'user_agent': user_agent}} END AS web
+    FROM identity.event_visitors
     WHERE {which}
 ),
 identifier_counts AS (
     SELECT visitor_id, count(*) AS identifiers FROM identity.identifiers
-    WHERE visitor_id IN (SELECT visitor_id FROM events) GROUP BY visitor_id
+    WHERE {which} GROUP BY visitor_id
+),
+latest AS (
+    SELECT visitor_id, count(*) AS events, min(event_time) AS first_seen,
+           max(event_time) AS last_seen,
+           arg_max(email, event_time) FILTER (WHERE email IS NOT NULL) AS email,
+           max(event_time) FILTER (WHERE email IS NOT NULL) AS email_seen_at,
+           arg_max(phone, event_time) FILTER (WHERE phone IS NOT NULL) AS phone,
+           max(event_time) FILTER (WHERE phone IS NOT NULL) AS phone_seen_at,
+           arg_max(first_name, event_time) FILTER (WHERE first_name IS NOT NULL) AS first_name,
+           arg_max(last_name, event_time) FILTER (WHERE last_name IS NOT NULL) AS last_name,
+           max(event_time) FILTER (WHERE coalesce(first_name, last_name) IS NOT NULL)
+               AS name_seen_at,
+           arg_max(address, event_time) FILTER (WHERE address IS NOT NULL) AS address,
+           max(event_time) FILTER (WHERE address IS NOT NULL) AS address_seen_at,
+           arg_max(customer_id, event_time) FILTER (WHERE customer_id IS NOT NULL)
+               AS customer_id,
+           max(event_time) FILTER (WHERE customer_id IS NOT NULL) AS customer_id_seen_at,
+           arg_max(web, event_time) FILTER (WHERE web IS NOT NULL) AS web,
+           max(event_time) FILTER (WHERE web IS NOT NULL) AS web_seen_at,
+           arg_max(click_id, event_time) FILTER (WHERE click_id IS NOT NULL) AS click_id,
+           max(event_time) FILTER (WHERE click_id IS NOT NULL) AS click_id_seen_at,
+           arg_max(gender, event_time) FILTER (WHERE gender IS NOT NULL) AS gender,
+           max(event_time) FILTER (WHERE gender IS NOT NULL) AS gender_seen_at,
+           arg_max(date_of_birth, event_time) FILTER (WHERE date_of_birth IS NOT NULL)
+               AS date_of_birth,
+           max(event_time) FILTER (WHERE date_of_birth IS NOT NULL) AS date_of_birth_seen_at,
+           arg_max(advertising_id, event_time) FILTER (WHERE advertising_id IS NOT NULL)
+               AS advertising_id,
+           max(event_time) FILTER (WHERE advertising_id IS NOT NULL)
+               AS advertising_id_seen_at
+    FROM events GROUP BY visitor_id
 )
-SELECT e.visitor_id,
-       coalesce(any_value(c.identifiers), 0) AS identifiers,
-       count(*) AS events, min(event_time) AS first_seen, max(event_time) AS last_seen,
-       arg_max(email, event_time) FILTER (WHERE email IS NOT NULL) AS email,
-       max(event_time) FILTER (WHERE email IS NOT NULL) AS email_seen_at,
-       arg_max(phone, event_time) FILTER (WHERE phone IS NOT NULL) AS phone,
-       max(event_time) FILTER (WHERE phone IS NOT NULL) AS phone_seen_at,
-       arg_max(first_name, event_time) FILTER (WHERE first_name IS NOT NULL) AS first_name,
-       arg_max(last_name, event_time) FILTER (WHERE last_name IS NOT NULL) AS last_name,
-       max(event_time) FILTER (WHERE coalesce(first_name, last_name) IS NOT NULL)
-           AS name_seen_at,
-       arg_max(city, event_time) FILTER (WHERE has_address) AS city,
-       arg_max(state, event_time) FILTER (WHERE has_address) AS state,
-       arg_max(zip, event_time) FILTER (WHERE has_address) AS zip,
-       arg_max(country, event_time) FILTER (WHERE has_address) AS country,
-       max(event_time) FILTER (WHERE has_address) AS address_seen_at,
-       arg_max(customer_id, event_time) FILTER (WHERE customer_id IS NOT NULL) AS customer_id,
-       max(event_time) FILTER (WHERE customer_id IS NOT NULL) AS customer_id_seen_at,
-       arg_max(ip, event_time) FILTER (WHERE web) AS ip,
-       arg_max(user_agent, event_time) FILTER (WHERE web) AS user_agent,
-       max(event_time) FILTER (WHERE web) AS web_seen_at,
-       arg_max(click_id, event_time) FILTER (WHERE click_id IS NOT NULL) AS click_id,
-       max(event_time) FILTER (WHERE click_id IS NOT NULL) AS click_id_seen_at,
-       arg_max(gender, event_time) FILTER (WHERE gender IS NOT NULL) AS gender,
-       max(event_time) FILTER (WHERE gender IS NOT NULL) AS gender_seen_at,
-       arg_max(date_of_birth, event_time) FILTER (WHERE date_of_birth IS NOT NULL)
-           AS date_of_birth,
-       max(event_time) FILTER (WHERE date_of_birth IS NOT NULL) AS date_of_birth_seen_at,
-       arg_max(advertising_id, event_time) FILTER (WHERE advertising_id IS NOT NULL)
-           AS advertising_id,
-       max(event_time) FILTER (WHERE advertising_id IS NOT NULL) AS advertising_id_seen_at
-FROM events e LEFT JOIN identifier_counts c USING (visitor_id)
-GROUP BY e.visitor_id
+SELECT l.* EXCLUDE (address, web), coalesce(c.identifiers, 0) AS identifiers,
+       l.address.city AS city, l.address.state AS state, l.address.zip AS zip,
+       l.address.country AS country, l.web.ip AS ip, l.web.user_agent AS user_agent
+FROM latest l LEFT JOIN identifier_counts c USING (visitor_id)
 """
 
 

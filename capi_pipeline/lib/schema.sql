@@ -130,7 +130,8 @@ CREATE TABLE IF NOT EXISTS identity.refused_edges (
 );
 
 -- Which visitor each staged event belongs to (bots, test traffic and duplicates have none), with
--- the event's identifiers (node ids, most personal first) and the normalized facts it carried,
+-- the event's identifiers (node ids), the one that decides its visitor (anchor: the most personal
+-- that is not a hub) and the normalized facts it carried,
 -- from which profiles are rebuilt without rereading staging.
 CREATE TABLE IF NOT EXISTS identity.event_visitors (
     event_key VARCHAR NOT NULL,
