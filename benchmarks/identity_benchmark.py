@@ -111,6 +111,7 @@ def generate(path: Path, scale: float) -> dict[str, int]:
     fixed = int(visitors * (1 + 0.3)) + chains * chain_links * 2 + trap
     filler = max(0, int(EVENTS * scale) - fixed)
     with duckdb.connect(str(path)) as conn:
+        conn.execute("SET enable_progress_bar = false")
         ensure_schema(conn)
         conn.execute(GENERATE_SQL, {
             "days": DAYS, "visitors": visitors, "chains": chains, "chain_links": chain_links,
@@ -135,6 +136,7 @@ def _child(step: str, path: str, queue) -> None:
 
     with duckdb.connect(path) as conn:
         conn.execute("SET TimeZone = 'UTC'")
+        conn.execute("SET enable_progress_bar = false")
         if step == "recompute":
             # Staging re-ran the last day with one more event: the day is read again and
             # everything derived is recomputed.
@@ -264,6 +266,7 @@ def _build_once(path: Path) -> None:
 
     with duckdb.connect(str(path)) as conn:
         conn.execute("SET TimeZone = 'UTC'")
+        conn.execute("SET enable_progress_bar = false")
         build_identity(conn, RULES)
 
 

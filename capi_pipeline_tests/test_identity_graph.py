@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import replace
 
-from capi_pipeline_tests.identity_helpers import Graph, at
+from capi_pipeline_tests.identity_helpers import Graph, at, day
 
 EPIK = "dj0yJnU9bGFuZGluZw"
 
@@ -251,6 +251,17 @@ def test_visitor_ids_stay_put_across_re_runs_and_unrelated_changes():
     nothing = graph.run()
     assert nothing["days_read"] == 0
     assert dict(graph.rows("SELECT node_key, visitor_id FROM identity.identifiers")) == ids
+
+    # Staging re-run with the same rows (new row ids, same content): nothing to read again.
+    signature = "SELECT row_signature FROM identity.graph_days WHERE partition_date = ?"
+    before = graph.rows(signature, day(1))
+    graph.conn.execute("CREATE TEMP TABLE day_one AS SELECT * FROM staging.events "
+                       "WHERE partition_date = ?", [day(1)])
+    graph.conn.execute("DELETE FROM staging.events WHERE partition_date = ?", [day(1)])
+    graph.conn.execute("INSERT INTO staging.events SELECT * FROM day_one")
+    same = graph.run()
+    assert (same["days_read"], same["full_recompute"]) == (0, 0)
+    assert graph.rows(signature, day(1)) != before
 
     # Re-staging a day with one more, unrelated event rereads it (a full recompute); nobody
     # else's id moves.

@@ -62,7 +62,7 @@ class RunPlan:
     days: list[date]
     removed: list[date]
     full: bool
-    fingerprints: list[tuple[date, int, int]]
+    records: list[tuple[date, int, int, int]]
 
 
 def build_identity(conn: duckdb.DuckDBPyConnection, rules: GraphRules) -> dict[str, int]:
@@ -81,6 +81,11 @@ def build_identity(conn: duckdb.DuckDBPyConnection, rules: GraphRules) -> dict[s
     conn.execute("BEGIN TRANSACTION")
     try:
         stats = _apply(conn, rules, plan)
+        conn.execute("DELETE FROM identity.graph_days WHERE partition_date IN "
+                     "(SELECT unnest(?::DATE[]))", [[r[0] for r in plan.records] + plan.removed])
+        if plan.records:
+            conn.executemany(
+                "INSERT INTO identity.graph_days VALUES (?, ?, ?, ?, now())", plan.records)
         stats["seconds"] = round(time.perf_counter() - started, 3)
         conn.execute(
             "INSERT INTO identity.graph_runs VALUES (now(), ?, ?, ?, ?, ?, ?, ?)",
@@ -110,15 +115,24 @@ def ensure_layout(conn: duckdb.DuckDBPyConnection) -> None:
     ensure_schema(conn)
 
 
-# A day's fingerprint covers every staged column identity reads, so a staging re-run that
-# changes an email is read again while an untouched day is not.
+# A day's row signature changes whenever staging rewrites its rows (a re-run replaces them):
+# cheap, one aggregate over row ids. Only for the days whose rows were rewritten is the content
+# fingerprint computed, over every staged column identity reads, so a re-run that changed an
+# email is read again while a re-run that changed nothing is not.
+ROW_SIGNATURES_SQL = """
+SELECT partition_date, count(*) AS staged_events, bit_xor(hash(rowid)) AS row_signature
+FROM staging.events
+GROUP BY partition_date
+"""
+
 FINGERPRINTS_SQL = """
-SELECT partition_date, count(*) AS staged_events,
+SELECT partition_date,
        bit_xor(hash(event_key, event_time, action_source, client_id, customer_id, email, phone,
                     first_name, last_name, city, state, zip, country, ip, user_agent, click_id,
                     cart_token, checkout_token, gender, date_of_birth, advertising_id, is_bot,
                     is_test, duplicate_of)) AS fingerprint
 FROM staging.events
+WHERE partition_date IN (SELECT unnest(?::DATE[]))
 GROUP BY partition_date
 """
 
@@ -126,30 +140,39 @@ GROUP BY partition_date
 def plan_run(conn: duckdb.DuckDBPyConnection, rules: GraphRules) -> RunPlan:
     """The staged days to read, the days gone from staging, and whether to recompute all."""
     staged = {
-        day: (int(events), int(fingerprint))
-        for day, events, fingerprint in conn.execute(FINGERPRINTS_SQL).fetchall()
+        day: (int(events), int(signature))
+        for day, events, signature in conn.execute(ROW_SIGNATURES_SQL).fetchall()
     }
     seen = {
-        day: (int(events), int(fingerprint))
-        for day, events, fingerprint in conn.execute(
-            "SELECT partition_date, staged_events, fingerprint FROM identity.graph_days"
+        day: (int(events), int(fingerprint), int(signature))
+        for day, events, fingerprint, signature in conn.execute(
+            "SELECT partition_date, staged_events, fingerprint, row_signature "
+            "FROM identity.graph_days"
         ).fetchall()
     }
     last_rules = conn.execute(
         "SELECT rules FROM identity.graph_runs ORDER BY run_at DESC LIMIT 1"
     ).fetchone()
     rules_changed = last_rules is not None and last_rules[0] != rules.fingerprint()
+    rewritten = sorted(
+        day for day, (events, signature) in staged.items()
+        if rules_changed or day not in seen or seen[day][0::2] != (events, signature)
+    )
+    content = dict(conn.execute(FINGERPRINTS_SQL, [rewritten]).fetchall()) if rewritten else {}
     if rules_changed:
         days = sorted(staged)
     else:
-        days = sorted(day for day, value in staged.items() if seen.get(day) != value)
+        days = [
+            day for day in rewritten
+            if day not in seen or seen[day][:2] != (staged[day][0], int(content[day]))
+        ]
     removed = sorted(day for day in seen if day not in staged)
     reread = any(day in seen for day in days)
     return RunPlan(
         days=days,
         removed=removed,
         full=rules_changed or reread or bool(removed) or not seen,
-        fingerprints=[(day, *staged[day]) for day in days],
+        records=[(day, staged[day][0], int(content[day]), staged[day][1]) for day in rewritten],
     )
 
 
@@ -174,11 +197,6 @@ def _apply(conn: duckdb.DuckDBPyConnection, rules: GraphRules, plan: RunPlan) ->
     refresh_profiles(conn, plan.full)
     attribute_clicks(conn, rules, plan.full)
     write_refused_edges(conn)
-    conn.execute("DELETE FROM identity.graph_days WHERE partition_date IN "
-                 "(SELECT partition_date FROM run_days)")
-    if plan.fingerprints:
-        conn.executemany(
-            "INSERT INTO identity.graph_days VALUES (?, ?, ?, now())", plan.fingerprints)
     return _stats(conn, plan, new_hubs, size_refused, changes)
 
 

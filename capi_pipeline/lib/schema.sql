@@ -180,12 +180,13 @@ CREATE TABLE IF NOT EXISTS identity.edge_days (
     last_seen TIMESTAMPTZ
 );
 
--- The staged days identity has read, with a fingerprint of their event keys: a day whose
--- fingerprint changes (staging re-run) is read again.
+-- The staged days identity has read: a day whose rows staging rewrote (row_signature) is
+-- fingerprinted again, and read again when its content (fingerprint) changed.
 CREATE TABLE IF NOT EXISTS identity.graph_days (
     partition_date DATE NOT NULL,
     staged_events BIGINT NOT NULL,
     fingerprint UBIGINT NOT NULL,
+    row_signature UBIGINT NOT NULL,
     processed_at TIMESTAMPTZ NOT NULL
 );
 
