@@ -25,11 +25,11 @@ def update_events(conn: duckdb.DuckDBPyConnection, full: bool, new_hubs: list[in
                    AS anchor_node_id
         FROM (SELECT event_key, unnest(node_ids) AS node_id FROM identity.event_visitors
               WHERE (partition_date IN (SELECT partition_date FROM run_days)
-                     AND list_has_any(node_ids, $hubs::BIGINT[]))
-                 OR list_has_any(node_ids, $changed::BIGINT[])) u
+                     AND list_has_any(node_ids, $hubs::BIGINT[])){older}) u
         JOIN identity.identifiers i USING (node_id)
         GROUP BY u.event_key
-    """, {"kinds": list(KINDS), "hubs": hubs, "changed": new_hubs})
+    """.format(older=" OR list_has_any(node_ids, $changed::BIGINT[])" if new_hubs else ""),
+        {"kinds": list(KINDS), "hubs": hubs, **({"changed": new_hubs} if new_hubs else {})})
     conn.execute("""
         CREATE OR REPLACE TEMP TABLE touched_nodes AS
         SELECT node_id FROM node_changes
