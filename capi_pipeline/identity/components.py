@@ -32,13 +32,17 @@ def guarded_components(
     if full:
         conn.execute("UPDATE identity.edges SET refused_reason = NULL "
                      "WHERE refused_reason IS NOT NULL")
+    # Every edge is new on a full run: no need to look them up.
     edges = conn.execute("""
         SELECT e.a_id, e.b_id, e.refused_reason IS NOT NULL AS refused,
                date_diff('day', DATE '2000-01-01', e.first_day) AS day,
-               n.a_id IS NOT NULL AS new
+               {new} AS new
         FROM identity.edges e
-        LEFT JOIN new_pairs n ON n.a_id = e.a_id AND n.b_id = e.b_id
-    """).fetchnumpy()
+        {join}
+    """.format(
+        new="true" if full else "n.a_id IS NOT NULL",
+        join="" if full else "LEFT JOIN new_pairs n ON n.a_id = e.a_id AND n.b_id = e.b_id",
+    )).fetchnumpy()
     a, b = np.asarray(edges["a_id"], np.int64), np.asarray(edges["b_id"], np.int64)
     hub = np.zeros(nodes, dtype=bool)
     hub_ids = conn.execute(

@@ -425,10 +425,10 @@ HUBS_SQL = """
 CREATE OR REPLACE TEMP TABLE run_hubs AS
 WITH sides AS (
     SELECT a_id AS node_id, a_type AS kind, b_type AS partner FROM identity.edges
-    WHERE a_id IN (SELECT node_id FROM hub_candidates)
+    WHERE {candidates_a}
     UNION ALL
     SELECT b_id, b_type, a_type FROM identity.edges
-    WHERE b_id IN (SELECT node_id FROM hub_candidates)
+    WHERE {candidates_b}
 ),
 counts AS (
     SELECT node_id, any_value(kind) AS kind,
@@ -459,15 +459,16 @@ def _find_hubs(conn: duckdb.DuckDBPyConnection, rules: GraphRules, full: bool) -
     identifiers on the new days' edges; a full run examines all and may also clear a mark.
     """
     if full:
-        conn.execute("CREATE OR REPLACE TEMP TABLE hub_candidates AS "
-                     "SELECT node_id FROM identity.identifiers")
+        sql = HUBS_SQL.format(candidates_a="TRUE", candidates_b="TRUE")
     else:
         conn.execute("""
             CREATE OR REPLACE TEMP TABLE hub_candidates AS
             SELECT a_id AS node_id FROM run_pairs UNION SELECT b_id FROM run_pairs
         """)
-    conn.execute(HUBS_SQL, {"max_clients": rules.hub_max_clients,
-                            "max_people": rules.hub_max_people_per_client})
+        sql = HUBS_SQL.format(candidates_a="a_id IN (SELECT node_id FROM hub_candidates)",
+                              candidates_b="b_id IN (SELECT node_id FROM hub_candidates)")
+    conn.execute(sql, {"max_clients": rules.hub_max_clients,
+                       "max_people": rules.hub_max_people_per_client})
     before = set()
     if full:
         before = {row[0] for row in conn.execute(
