@@ -129,7 +129,7 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _child(step: str, path: str, queue) -> None:
+def _child(step: str, path: str, memory_limit: str, queue) -> None:
     """One measured step in a fresh process."""
     from capi_pipeline.identity.graph import build_identity
     from capi_pipeline_tests.identity_helpers import RULES
@@ -137,6 +137,7 @@ def _child(step: str, path: str, queue) -> None:
     with duckdb.connect(path) as conn:
         conn.execute("SET TimeZone = 'UTC'")
         conn.execute("SET enable_progress_bar = false")
+        conn.execute(f"SET memory_limit = '{memory_limit}'")
         if step == "recompute":
             # Staging re-ran the last day with one more event: the day is read again and
             # everything derived is recomputed.
@@ -180,14 +181,14 @@ def _scipy_alone(conn: duckdb.DuckDBPyConnection) -> dict[str, float]:
             "edges": len(a)}
 
 
-def measure(step: str, source: Path, work: Path, runs: int) -> list[dict]:
+def measure(step: str, source: Path, work: Path, runs: int, memory_limit: str) -> list[dict]:
     results = []
     context = multiprocessing.get_context("spawn")
     for run in range(runs):
         copy = work / f"{step}-{run}.duckdb"
         shutil.copyfile(source, copy)
         queue = context.Queue()
-        process = context.Process(target=_child, args=(step, str(copy), queue))
+        process = context.Process(target=_child, args=(step, str(copy), memory_limit, queue))
         process.start()
         results.append(queue.get())
         process.join()
@@ -207,6 +208,10 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="1.0 = 10M events")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--workdir", default=None, help="folder for the DuckDB files")
+    parser.add_argument("--skip-first-build", action="store_true",
+                        help="measure only the recompute and the incremental day")
+    parser.add_argument("--memory-limit", default="3GB",
+                        help="DuckDB memory_limit of the measured steps (it spills beyond)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="identity-bench-", dir=args.workdir))
@@ -228,27 +233,32 @@ def main() -> None:
             conn.execute("DELETE FROM staging.events WHERE partition_date = "
                          "DATE '2026-11-01' + 29")
             held = conn.execute("SELECT count(*) FROM held_back.events").fetchone()[0]
-        print("first build (every staged day at once, from staging):", flush=True)
-        first = measure("first", staged, work, args.runs)
+        first = []
+        if not args.skip_first_build:
+            print("first build (every staged day at once, from staging):", flush=True)
+            first = measure("first", staged, work, args.runs, args.memory_limit)
         built = work / "built.duckdb"
         shutil.copyfile(staged, built)
-        _build_once(built)
-        _build_once(partial)
+        _build_once(built, args.memory_limit)
+        _build_once(partial, args.memory_limit)
         print("full recompute (one staged day re-run):", flush=True)
-        recompute = measure("recompute", built, work, args.runs)
+        recompute = measure("recompute", built, work, args.runs, args.memory_limit)
         print(f"incremental day ({held:,} events):", flush=True)
-        incremental = measure("incremental", partial, work, args.runs)
+        incremental = measure("incremental", partial, work, args.runs, args.memory_limit)
 
         stats = recompute[0]["stats"]
         scipy_seconds = statistics.median(r["scipy"]["seconds"] for r in recompute)
         scipy_load = statistics.median(r["scipy"]["with_load"] for r in recompute)
         print()
+        print(f"DuckDB memory_limit {args.memory_limit}")
         print(f"graph: {counts['events']:,} events, {stats['identifiers']:,} identifiers, "
               f"{stats['edges']:,} edges ({stats['refused_edges']:,} refused), "
               f"{stats['visitors']:,} visitors, largest {stats['largest_visitor']}")
         print(f"median of {args.runs}:")
         for label, results in (("first build", first), ("full recompute", recompute),
                                ("incremental day", incremental)):
+            if not results:
+                continue
             print(f"  {label:16} {median(results, 'seconds'):7.2f} s wall "
                   f"{median(results, 'cpu'):7.2f} s CPU  peak {median(results, 'peak_mb'):6.0f} MB")
         print(f"  scipy connected_components alone {scipy_seconds:.2f} s "
@@ -260,13 +270,14 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _build_once(path: Path) -> None:
+def _build_once(path: Path, memory_limit: str) -> None:
     from capi_pipeline.identity.graph import build_identity
     from capi_pipeline_tests.identity_helpers import RULES
 
     with duckdb.connect(str(path)) as conn:
         conn.execute("SET TimeZone = 'UTC'")
         conn.execute("SET enable_progress_bar = false")
+        conn.execute(f"SET memory_limit = '{memory_limit}'")
         build_identity(conn, RULES)
 
 
