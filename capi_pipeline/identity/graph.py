@@ -193,9 +193,9 @@ def _apply(conn: duckdb.DuckDBPyConnection, rules: GraphRules, plan: RunPlan) ->
     new_hubs = _find_hubs(conn, rules, plan.full)
     labels, size_refused = guarded_components(conn, rules, plan.full)
     changes = assign_visitor_ids(conn, labels)
-    update_events(conn, plan.full, new_hubs)
-    refresh_profiles(conn, plan.full)
-    attribute_clicks(conn, rules, plan.full)
+    update_events(conn, new_hubs)
+    refresh_profiles(conn)
+    attribute_clicks(conn, rules)
     write_refused_edges(conn)
     return _stats(conn, plan, new_hubs, size_refused, changes)
 
@@ -310,6 +310,12 @@ def _sql_list(values) -> str:
 
 def _replace_days(conn: duckdb.DuckDBPyConnection) -> None:
     """The per-day tables of the days read (or removed) hold exactly those days' rows."""
+    # The visitors of the events replaced here get new profiles, whatever else changes.
+    conn.execute("""
+        CREATE OR REPLACE TEMP TABLE dropped_visitors AS
+        SELECT DISTINCT visitor_id FROM identity.event_visitors
+        WHERE partition_date IN (SELECT partition_date FROM run_days)
+    """)
     for table in ("identifier_days", "edge_days", "event_visitors"):
         conn.execute(f"DELETE FROM identity.{table} WHERE partition_date IN "
                      "(SELECT partition_date FROM run_days)")
@@ -364,7 +370,8 @@ def _rebuild_accumulated(conn: duckdb.DuckDBPyConnection) -> None:
                max(last_seen) AS last_seen
         FROM identity.identifier_days GROUP BY node_id
     """)
-    # An identifier no staged event carries any more is gone, with its edges.
+    # Only differences are written: an identifier or pair no staged event carries any more is
+    # gone, changed totals are updated, new pairs are added.
     conn.execute("""
         DELETE FROM identity.identifiers
         WHERE node_id NOT IN (SELECT node_id FROM node_totals)
@@ -372,11 +379,30 @@ def _rebuild_accumulated(conn: duckdb.DuckDBPyConnection) -> None:
     conn.execute("""
         UPDATE identity.identifiers i
         SET events = t.events, first_seen = t.first_seen, last_seen = t.last_seen
-        FROM node_totals t WHERE i.node_id = t.node_id
+        FROM node_totals t
+        WHERE i.node_id = t.node_id
+          AND (i.events <> t.events OR i.first_seen IS DISTINCT FROM t.first_seen
+               OR i.last_seen IS DISTINCT FROM t.last_seen)
     """)
-    conn.execute("DELETE FROM identity.edges")
-    conn.execute(INSERT_EDGES_SQL.format(source="run_pairs"))
-    conn.execute("CREATE OR REPLACE TEMP TABLE new_pairs AS SELECT * FROM run_pairs")
+    conn.execute("""
+        DELETE FROM identity.edges e
+        WHERE NOT EXISTS (SELECT 1 FROM run_pairs r WHERE r.a_id = e.a_id AND r.b_id = e.b_id)
+    """)
+    conn.execute("""
+        UPDATE identity.edges e
+        SET events = r.events, first_seen = r.first_seen, last_seen = r.last_seen,
+            first_day = r.first_day
+        FROM run_pairs r
+        WHERE e.a_id = r.a_id AND e.b_id = r.b_id
+          AND (e.events <> r.events OR e.first_seen IS DISTINCT FROM r.first_seen
+               OR e.last_seen IS DISTINCT FROM r.last_seen OR e.first_day <> r.first_day)
+    """)
+    conn.execute("""
+        CREATE OR REPLACE TEMP TABLE new_pairs AS
+        SELECT r.* FROM run_pairs r
+        ANTI JOIN identity.edges e ON e.a_id = r.a_id AND e.b_id = r.b_id
+    """)
+    conn.execute(INSERT_EDGES_SQL.format(source="new_pairs"))
 
 
 def _add_accumulated(conn: duckdb.DuckDBPyConnection) -> None:

@@ -7,7 +7,7 @@ import duckdb
 from capi_pipeline.identity.rules import KINDS, GraphRules
 
 
-def update_events(conn: duckdb.DuckDBPyConnection, full: bool, new_hubs: list[int]) -> None:
+def update_events(conn: duckdb.DuckDBPyConnection, new_hubs: list[int]) -> None:
     """Point each event at its visitor: the visitor of its most personal identifier that is
     not a hub, so a purchase made on a shop's kiosk goes to the buyer, not to the kiosk.
 
@@ -37,15 +37,15 @@ def update_events(conn: duckdb.DuckDBPyConnection, full: bool, new_hubs: list[in
         UNION SELECT anchor_node_id FROM identity.event_visitors
               WHERE partition_date IN (SELECT partition_date FROM run_days)
     """)
-    if not full:
-        # The visitors that lose or gain events or identifiers get new profiles.
-        conn.execute("""
-            CREATE OR REPLACE TEMP TABLE affected_visitors AS
-            SELECT old_visitor_id AS visitor_id FROM node_changes
-            UNION SELECT visitor_id FROM node_changes
-            UNION SELECT visitor_id FROM identity.event_visitors
-                  WHERE event_key IN (SELECT event_key FROM run_anchors)
-        """)
+    # The visitors that lose or gain events or identifiers get new profiles.
+    conn.execute("""
+        CREATE OR REPLACE TEMP TABLE affected_visitors AS
+        SELECT old_visitor_id AS visitor_id FROM node_changes
+        UNION SELECT visitor_id FROM node_changes
+        UNION SELECT visitor_id FROM dropped_visitors
+        UNION SELECT visitor_id FROM identity.event_visitors
+              WHERE event_key IN (SELECT event_key FROM run_anchors)
+    """)
     conn.execute("""
         UPDATE identity.event_visitors e SET anchor_node_id = a.anchor_node_id
         FROM run_anchors a WHERE e.event_key = a.event_key AND e.anchor_node_id <> a.anchor_node_id
@@ -56,12 +56,11 @@ def update_events(conn: duckdb.DuckDBPyConnection, full: bool, new_hubs: list[in
               WHERE node_id IN (SELECT node_id FROM touched_nodes)) i
         WHERE e.anchor_node_id = i.node_id AND e.visitor_id <> i.visitor_id
     """)
-    if not full:
-        conn.execute("""
-            INSERT INTO affected_visitors
-            SELECT visitor_id FROM identity.identifiers
-            WHERE node_id IN (SELECT node_id FROM touched_nodes)
-        """)
+    conn.execute("""
+        INSERT INTO affected_visitors
+        SELECT visitor_id FROM identity.identifiers
+        WHERE node_id IN (SELECT node_id FROM touched_nodes)
+    """)
 
 
 PROFILES_SQL = """
@@ -141,10 +140,12 @@ ASOF LEFT JOIN clicks c ON c.visitor_id = e.visitor_id AND e.event_time >= c.cli
 """
 
 
-def attribute_clicks(conn: duckdb.DuckDBPyConnection, rules: GraphRules, full: bool) -> None:
-    which = "TRUE" if full else "visitor_id IN (SELECT visitor_id FROM affected_visitors)"
-    conn.execute(ATTRIBUTION_SQL.format(which=which),
-                 {"window_days": rules.attribution_window_days})
+def attribute_clicks(conn: duckdb.DuckDBPyConnection, rules: GraphRules) -> None:
+    """Re-attribute the events of the visitors this run touched."""
+    conn.execute(
+        ATTRIBUTION_SQL.format(which="visitor_id IN (SELECT visitor_id FROM affected_visitors)"),
+        {"window_days": rules.attribution_window_days},
+    )
     conn.execute("""
         UPDATE identity.event_visitors e
         SET attributed_click_id = a.attributed_click_id,
@@ -156,12 +157,9 @@ def attribute_clicks(conn: duckdb.DuckDBPyConnection, rules: GraphRules, full: b
     """)
 
 
-def refresh_profiles(conn: duckdb.DuckDBPyConnection, full: bool) -> None:
-    """Rebuild the profiles of the visitors this run touched (all of them on a full run)."""
-    if full:
-        conn.execute("DELETE FROM identity.visitor_profiles")
-        conn.execute(PROFILES_SQL.format(which="TRUE"))
-        return
+def refresh_profiles(conn: duckdb.DuckDBPyConnection) -> None:
+    """Rebuild the profiles of the visitors this run touched: those whose identifiers or events
+    changed. On a full recompute too, so an unchanged visitor's profile is not rewritten."""
     conn.execute("""
         DELETE FROM identity.visitor_profiles
         WHERE visitor_id IN (SELECT visitor_id FROM affected_visitors)
