@@ -57,6 +57,20 @@ def test_a_chain_across_five_days_is_one_visitor_with_the_latest_contacts():
     again.conn.execute("INSERT INTO staging.events SELECT * FROM staged")
     assert again.run()["days_read"] == 5
     assert again.grouping() == graph.grouping()
+    assert profiles_by_identifiers(again) == profiles_by_identifiers(graph)
+
+
+def profiles_by_identifiers(graph: Graph) -> dict:
+    """Every profile keyed by its visitor's identifiers, without the visitor id."""
+    cursor = graph.conn.execute("""
+        SELECT p.*, (SELECT list(node_key ORDER BY node_key) FROM identity.identifiers i
+                     WHERE i.visitor_id = p.visitor_id) AS keys
+        FROM identity.visitor_profiles p
+    """)
+    names = [column[0] for column in cursor.description]
+    rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    return {tuple(row.pop("keys")): {k: v for k, v in row.items() if k != "visitor_id"}
+            for row in rows}
 
 
 def test_a_click_id_is_carried_from_the_landing_page_to_a_checkout_within_the_window():
@@ -312,6 +326,22 @@ def test_a_new_edge_merges_visitors_into_the_oldest_and_maps_the_old_ids():
     assert profile["phone"] == "+14155550177" and profile["city"] == "Portland"
     assert profile["identifiers"] == 6 and profile["events"] == 5
     assert graph.rows("SELECT count(*) FROM identity.visitor_profiles") == [(1,)]
+
+    # A day that only adds events to a visitor extends its profile: the same as a rebuild.
+    graph.stage(5, client_id="c-old", first_name="Olga", click_id=EPIK, city="Salem")
+    graph.stage(5, hour=13, client_id="c-mid")
+    assert graph.run()["visitors_merged"] == 0
+    extended = graph.profile(oldest)
+    assert (extended["first_name"], extended["city"], extended["state"]) == (
+        "Olga", "Salem", None)
+    assert extended["events"] == 7 and extended["last_seen"] == at(5, 13)
+    again = Graph()
+    staged = graph.conn.sql("SELECT * FROM staging.events").arrow()  # noqa: F841
+    again.conn.execute("INSERT INTO staging.events SELECT * FROM staged")
+    again.run()
+    assert profiles_by_identifiers(again) == profiles_by_identifiers(graph)
+    assert graph.rows("SELECT attributed_click_id FROM identity.event_visitors "
+                      "ORDER BY event_time DESC LIMIT 1") == [(EPIK,)]
 
 
 def test_an_identity_file_of_the_earlier_layout_is_replaced_and_rebuilt():

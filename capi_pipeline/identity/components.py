@@ -167,11 +167,29 @@ FROM firsts f LEFT JOIN keepers k USING (component)
 """
 
 
-def assign_visitor_ids(conn: duckdb.DuckDBPyConnection, labels: np.ndarray) -> dict[str, int]:
+# Incrementally, only a component holding a new identifier, an end of a new edge, or an
+# identifier of a visitor a new hub belonged to can differ from the visitor it was.
+CANDIDATES_SQL = """
+SELECT node_id FROM identity.identifiers WHERE visitor_id = ''
+UNION SELECT a_id FROM new_pairs
+UNION SELECT b_id FROM new_pairs
+UNION SELECT node_id FROM identity.identifiers
+      WHERE visitor_id IN (SELECT visitor_id FROM identity.identifiers
+                           WHERE node_id IN (SELECT unnest($hubs::BIGINT[])))
+"""
+
+
+def assign_visitor_ids(
+    conn: duckdb.DuckDBPyConnection, labels: np.ndarray, full: bool, new_hubs: list[int]
+) -> dict[str, int]:
     """Give every changed component its visitor id and record ids that stopped being used."""
+    nodes = np.arange(len(labels), dtype=np.int64)
+    if not full:
+        candidates = conn.execute(CANDIDATES_SQL, {"hubs": new_hubs}).fetchnumpy()["node_id"]
+        touched = np.unique(labels[np.asarray(candidates, dtype=np.int64)])
+        nodes = np.flatnonzero(np.isin(labels, touched))
     temp_table(conn, "component_labels", pa.table({
-        "node_id": np.arange(len(labels), dtype=np.int64),
-        "component": labels.astype(np.int64),
+        "node_id": nodes, "component": labels[nodes].astype(np.int64),
     }))
     conn.execute(COMPONENTS_SQL)
     conn.execute(CHANGED_SQL)

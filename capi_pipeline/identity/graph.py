@@ -192,7 +192,7 @@ def _apply(conn: duckdb.DuckDBPyConnection, rules: GraphRules, plan: RunPlan) ->
         _add_accumulated(conn)
     new_hubs = _find_hubs(conn, rules, plan.full)
     labels, size_refused = guarded_components(conn, rules, plan.full)
-    changes = assign_visitor_ids(conn, labels)
+    changes = assign_visitor_ids(conn, labels, plan.full, new_hubs)
     update_events(conn, new_hubs)
     refresh_profiles(conn)
     attribute_clicks(conn, rules)

@@ -59,12 +59,19 @@ def update_events(conn: duckdb.DuckDBPyConnection, new_hubs: list[int]) -> None:
     conn.execute("""
         INSERT INTO affected_visitors
         SELECT visitor_id FROM identity.identifiers
-        WHERE node_id IN (SELECT node_id FROM touched_nodes)
+        WHERE node_id IN (SELECT anchor_node_id FROM run_anchors)
+    """)
+    # A visitor that only gained events on the days read keeps its history: its profile is
+    # combined with those days' latest values instead of being rebuilt from all its events.
+    conn.execute("""
+        CREATE OR REPLACE TEMP TABLE extended_visitors AS
+        SELECT DISTINCT visitor_id FROM identity.event_visitors
+        WHERE partition_date IN (SELECT partition_date FROM run_days)
+          AND visitor_id NOT IN (SELECT visitor_id FROM affected_visitors)
     """)
 
 
 PROFILES_SQL = """
-INSERT INTO identity.visitor_profiles BY NAME
 WITH events AS (
     SELECT visitor_id, event_time, email, phone, first_name, last_name, customer_id, click_id,
            gender, date_of_birth, advertising_id,
@@ -78,7 +85,7 @@ WITH events AS (
 ),
 identifier_counts AS (
     SELECT visitor_id, count(*) AS identifiers FROM identity.identifiers
-    WHERE {which} GROUP BY visitor_id
+    WHERE visitor_id IN (SELECT visitor_id FROM events) GROUP BY visitor_id
 ),
 latest AS (
     SELECT visitor_id, count(*) AS events, min(event_time) AS first_seen,
@@ -88,7 +95,9 @@ latest AS (
            arg_max(phone, event_time) FILTER (WHERE phone IS NOT NULL) AS phone,
            max(event_time) FILTER (WHERE phone IS NOT NULL) AS phone_seen_at,
            arg_max(first_name, event_time) FILTER (WHERE first_name IS NOT NULL) AS first_name,
+           max(event_time) FILTER (WHERE first_name IS NOT NULL) AS first_name_seen_at,
            arg_max(last_name, event_time) FILTER (WHERE last_name IS NOT NULL) AS last_name,
+           max(event_time) FILTER (WHERE last_name IS NOT NULL) AS last_name_seen_at,
            max(event_time) FILTER (WHERE coalesce(first_name, last_name) IS NOT NULL)
                AS name_seen_at,
            arg_max(address, event_time) FILTER (WHERE address IS NOT NULL) AS address,
@@ -126,7 +135,8 @@ WITH events AS (
     SELECT event_key, visitor_id, event_time, click_id FROM identity.event_visitors WHERE {which}
 ),
 clicks AS (
-    SELECT visitor_id, event_time AS click_time, click_id FROM events WHERE click_id IS NOT NULL
+    SELECT visitor_id, event_time AS click_time, click_id FROM identity.event_visitors
+    WHERE click_id IS NOT NULL AND visitor_id IN (SELECT visitor_id FROM events)
 )
 SELECT e.event_key,
        CASE WHEN e.click_id IS NOT NULL THEN e.click_id
@@ -141,9 +151,14 @@ ASOF LEFT JOIN clicks c ON c.visitor_id = e.visitor_id AND e.event_time >= c.cli
 
 
 def attribute_clicks(conn: duckdb.DuckDBPyConnection, rules: GraphRules) -> None:
-    """Re-attribute the events of the visitors this run touched."""
+    """Attribute the days' events, and every event of a visitor whose identifiers changed or
+    who clicked on those days (a click may be carried to its later events)."""
     conn.execute(
-        ATTRIBUTION_SQL.format(which="visitor_id IN (SELECT visitor_id FROM affected_visitors)"),
+        ATTRIBUTION_SQL.format(which="""
+            partition_date IN (SELECT partition_date FROM run_days)
+            OR visitor_id IN (SELECT visitor_id FROM affected_visitors)
+            OR visitor_id IN (SELECT visitor_id FROM day_profiles WHERE click_id IS NOT NULL)
+        """),
         {"window_days": rules.attribution_window_days},
     )
     conn.execute("""
@@ -157,15 +172,47 @@ def attribute_clicks(conn: duckdb.DuckDBPyConnection, rules: GraphRules) -> None
     """)
 
 
+# Each (value, seen at) of a profile combined with the same from the days read: the later wins.
+LATEST_FIELDS = {
+    "email": "email_seen_at", "phone": "phone_seen_at", "first_name": "first_name_seen_at",
+    "last_name": "last_name_seen_at", "customer_id": "customer_id_seen_at",
+    "click_id": "click_id_seen_at", "gender": "gender_seen_at",
+    "date_of_birth": "date_of_birth_seen_at", "advertising_id": "advertising_id_seen_at",
+    "city": "address_seen_at", "state": "address_seen_at", "zip": "address_seen_at",
+    "country": "address_seen_at", "ip": "web_seen_at", "user_agent": "web_seen_at",
+}
+
+
+def _merge_sql() -> str:
+    later = "d.{seen} IS NOT NULL AND (p.{seen} IS NULL OR d.{seen} >= p.{seen})"
+    values = [
+        f"{field} = CASE WHEN {later.format(seen=seen)} THEN d.{field} ELSE p.{field} END"
+        for field, seen in LATEST_FIELDS.items()
+    ]
+    times = [f"{seen} = greatest(p.{seen}, d.{seen})"
+             for seen in dict.fromkeys([*LATEST_FIELDS.values(), "name_seen_at"])]
+    return (
+        "UPDATE identity.visitor_profiles p SET " + ", ".join(values + times)
+        + ", events = p.events + d.events, first_seen = least(p.first_seen, d.first_seen), "
+        "last_seen = greatest(p.last_seen, d.last_seen) "
+        "FROM day_profiles d WHERE p.visitor_id = d.visitor_id"
+    )
+
+
 def refresh_profiles(conn: duckdb.DuckDBPyConnection) -> None:
-    """Rebuild the profiles of the visitors this run touched: those whose identifiers or events
-    changed. On a full recompute too, so an unchanged visitor's profile is not rewritten."""
+    """Rebuild the profiles of the visitors whose identifiers or events changed (on a full
+    recompute too, so an unchanged visitor's profile is not rewritten), and extend those of
+    visitors that only gained events."""
     conn.execute("""
         DELETE FROM identity.visitor_profiles
         WHERE visitor_id IN (SELECT visitor_id FROM affected_visitors)
     """)
-    conn.execute(PROFILES_SQL.format(
+    conn.execute("INSERT INTO identity.visitor_profiles BY NAME " + PROFILES_SQL.format(
         which="visitor_id IN (SELECT visitor_id FROM affected_visitors)"))
+    conn.execute("CREATE OR REPLACE TEMP TABLE day_profiles AS " + PROFILES_SQL.format(
+        which="partition_date IN (SELECT partition_date FROM run_days) "
+              "AND visitor_id IN (SELECT visitor_id FROM extended_visitors)"))
+    conn.execute(_merge_sql())
 
 
 def write_refused_edges(conn: duckdb.DuckDBPyConnection) -> None:

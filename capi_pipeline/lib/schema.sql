@@ -241,7 +241,9 @@ CREATE TABLE IF NOT EXISTS identity.visitor_profiles (
     date_of_birth VARCHAR,
     date_of_birth_seen_at TIMESTAMPTZ,
     advertising_id VARCHAR,
-    advertising_id_seen_at TIMESTAMPTZ
+    advertising_id_seen_at TIMESTAMPTZ,
+    first_name_seen_at TIMESTAMPTZ,
+    last_name_seen_at TIMESTAMPTZ
 );
 
 -- What Pinterest is sent: hashes, and the fields Pinterest takes unhashed, nothing else.
