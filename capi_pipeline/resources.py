@@ -162,6 +162,10 @@ class PipelineSettings(ConfigurableResource):
         default=180, ge=0,
         description="Raw and staging rows older than this many days are purged; 0 keeps all.",
     )
+    max_visitor_identifiers: int = Field(
+        default=200,
+        description="A merge that would give one visitor more identifiers than this is refused.",
+    )
 
 
 class PinterestResource(ConfigurableResource):

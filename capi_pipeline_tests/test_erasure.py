@@ -11,6 +11,7 @@ from dagster import AssetSelection, materialize
 
 from capi_pipeline.demo.generate import generate
 from capi_pipeline.enrich.normalize import sha256_hex
+from capi_pipeline.identity.assets import visitor_profiles
 from capi_pipeline.lib.duck import personal_path
 from capi_pipeline.privacy.__main__ import main as privacy_main
 from capi_pipeline.privacy.assets import retention
@@ -69,9 +70,9 @@ def erased(tmp_path_factory, emulator):
         "staged": pipeline.scalar("SELECT count(*) FROM staging.events"),
         "person": pipeline.scalar(
             "SELECT count(*) FROM staging.events s JOIN identity.event_visitors v "
-            "USING (event_key) WHERE v.visitor_id IN (SELECT visitor_id FROM "
-            "identity.event_visitors JOIN staging.events USING (event_key) "
-            "WHERE lower(email) = ?)", EMAIL.lower()),
+            "USING (event_key) WHERE v.visitor_id IN (SELECT v2.visitor_id FROM "
+            "identity.event_visitors v2 JOIN staging.events s2 USING (event_key) "
+            "WHERE lower(s2.email) = ?)", EMAIL.lower()),
         "payloads": pipeline.scalar("SELECT count(*) FROM capi.pinterest_events"),
     }
     return pipeline, before
@@ -124,6 +125,8 @@ def test_retention_purges_raw_and_staging_rows_past_the_window(tmp_path, emulato
     for back in range(3):
         assert pipeline.run(str(DAY - timedelta(days=back)),
                             selection=AssetSelection.groups("ingest", "staging")).success
+    assert materialize([visitor_profiles], resources=pipeline.resources()).success
+    visitors = pipeline.query("SELECT visitor_id, events FROM identity.visitor_profiles")
     per_day = dict(pipeline.query(
         "SELECT partition_date, count(*) FROM staging.events GROUP BY ALL"))
     assert len(per_day) == 3
@@ -137,3 +140,7 @@ def test_retention_purges_raw_and_staging_rows_past_the_window(tmp_path, emulato
     assert metadata["purged_staging_events"].value == expected
     assert pipeline.query("SELECT DISTINCT partition_date FROM staging.events") == [(cutoff,)]
     assert pipeline.scalar("SELECT min(partition_date) FROM raw.events") == cutoff
+    # Identity keeps the visitors it resolved from the purged days.
+    assert materialize([visitor_profiles], resources=pipeline.resources()).success
+    assert sorted(pipeline.query(
+        "SELECT visitor_id, events FROM identity.visitor_profiles")) == sorted(visitors)

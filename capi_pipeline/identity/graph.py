@@ -1,312 +1,529 @@
 """The identity graph: identifiers seen together, joined into visitors, guarded against welds.
 
-Nodes are identifiers (`client:`, `customer:`, `email:`, `phone:`, `checkout:`, `cart:` keys);
-an edge joins two identifiers that appeared on one event. A visitor is a connected component,
-computed in DuckDB by label propagation with pointer jumping, so a day of millions of edges
-never passes through a Python loop.
+Nodes are identifiers (`customer:`, `email:`, `phone:`, `device:`, `client:`, `checkout:`,
+`cart:` keys), each given a number the first time it is seen; an edge joins two identifiers that
+appeared on one event (every pair of them, so refusing one identifier's edges leaves the event's
+other identifiers joined). A visitor is a connected component.
 
-Two guards stop one junk or shared identifier from welding strangers into one visitor: junk
-values (placeholders, `test@test.com`, the store's own addresses, repeated digits) never become
-nodes, and hubs (a cookie with more people on it than one browser has, an address on more
-browsers than one person uses) keep their node but lose their edges. Every edge refused is kept
-in `identity.refused_edges` with its reason.
+The graph is kept per staged day (`identity.identifier_days`, `identity.edge_days`, the events'
+identifiers and facts in `identity.event_visitors`), so a run reads from staging only the days
+that are new or changed since the last run and adds their edges to the accumulated ones. The
+components are then recomputed over every accumulated edge with scipy's connected components
+(a few seconds for millions of edges), which also handles the rare edge that stops joining.
+
+Guards stop one junk or shared identifier from welding strangers into one visitor: junk values
+never become nodes; hubs (a cookie with more people on it than one browser has, an address on
+more browsers than one person uses, a token shared by several people) keep their node but lose
+their edges; and a merge that would make a visitor larger than the size limit is refused. Every
+edge refused is listed in `identity.refused_edges` with its reason.
+
+Visitor ids are stable: a visitor whose identifiers did not change keeps its id, a merged
+visitor keeps the id of the oldest visitor it absorbed, and the ids that stop being used are
+kept in `identity.visitor_id_map` pointing to the current one.
 """
 
 from __future__ import annotations
 
-import re
+import time
 from dataclasses import dataclass
+from datetime import date
 
 import duckdb
+import pyarrow as pa
 
-from capi_pipeline.enrich.normalize import country_code, normalize_email, phone_e164
+from capi_pipeline.identity.components import assign_visitor_ids, guarded_components
+from capi_pipeline.identity.profiles import (
+    attribute_clicks,
+    refresh_profiles,
+    update_events,
+    write_refused_edges,
+)
+from capi_pipeline.identity.rules import (  # noqa: F401 - is_junk_email is enrich's too
+    JUNK_IDS,
+    KINDS,
+    GraphRules,
+    email_node,
+    is_junk_email,
+    phone_node,
+)
+from capi_pipeline.identity.tables import temp_table
+from capi_pipeline.lib.duck import ensure_schema
 
-# Local parts and domains that people type when a form insists on an address.
-JUNK_LOCAL_PARTS = frozenset({
-    "test", "tester", "testing", "noreply", "no-reply", "none", "null", "na", "nobody", "asdf",
-    "abc", "email", "user", "customer", "unknown", "xxx", "fake",
-})
-JUNK_DOMAINS = frozenset({"test.com", "test.test", "email.com", "domain.com", "fake.com"})
-# Priority of identifiers when an event's visitor is chosen: people before browsers.
-NODE_PRIORITY = ("customer", "email", "phone", "client", "checkout", "cart")
-MAX_ITERATIONS = 200
-
-
-@dataclass(frozen=True)
-class GraphRules:
-    """Thresholds for the guards, from PipelineSettings."""
-
-    default_region: str
-    hub_max_clients: int
-    hub_max_people_per_client: int
-    junk_emails: frozenset[str]
-
-
-def is_junk_email(email: str | None, junk_emails: frozenset[str]) -> bool:
-    """Whether a normalized address is a placeholder that many people share."""
-    if email is None:
-        return True
-    if email in junk_emails:
-        return True
-    local, _, domain = email.partition("@")
-    return local in JUNK_LOCAL_PARTS or domain in JUNK_DOMAINS
+IDENTITY_TABLES = (
+    "identifiers", "edges", "refused_edges", "event_visitors", "identifier_days", "edge_days",
+    "graph_days", "graph_runs", "visitor_id_map", "visitor_profiles",
+)
 
 
-_REPEATED = re.compile(r"^(\d)\1+$")
+@dataclass
+class RunPlan:
+    """What one run reads from staging and whether it recomputes every derived table."""
 
-
-def is_junk_phone(e164: str | None) -> bool:
-    """Whether an E.164 number is a placeholder: one digit repeated, or a counting run."""
-    if e164 is None:
-        return True
-    national = e164.lstrip("+")[-10:]
-    return bool(_REPEATED.match(national)) or national in {"1234567890", "0123456789"}
-
-
-def register_functions(conn: duckdb.DuckDBPyConnection, rules: GraphRules) -> None:
-    """The normalization table's email and phone rules, callable from SQL."""
-
-    def email_node(value: str | None) -> str | None:
-        email = normalize_email(value) if value else None
-        return None if is_junk_email(email, rules.junk_emails) else email
-
-    def phone_node(value: str | None, country: str | None) -> str | None:
-        if not value:
-            return None
-        region = country_code(country) if country else None
-        e164 = phone_e164(value, region or rules.default_region)
-        return None if is_junk_phone(e164) else e164
-
-    for name in ("capi_email_node", "capi_phone_node"):
-        try:
-            conn.remove_function(name)
-        except (duckdb.InvalidInputException, duckdb.CatalogException):
-            pass
-    conn.create_function("capi_email_node", email_node, ["VARCHAR"], "VARCHAR",
-                         null_handling="special", side_effects=False)
-    conn.create_function("capi_phone_node", phone_node, ["VARCHAR", "VARCHAR"], "VARCHAR",
-                         null_handling="special", side_effects=False)
+    days: list[date]
+    removed: list[date]
+    full: bool
+    records: list[tuple[date, int, int, int]]
 
 
 def build_identity(conn: duckdb.DuckDBPyConnection, rules: GraphRules) -> dict[str, int]:
-    """Rebuild every identity table from all of staging; returns counts for metadata.
+    """Bring every identity table up to date with staging; returns counts for metadata.
 
-    The rebuild rereads all staged history each run. That is simple and keeps visitor ids
-    stable (a component's id is the hash of its smallest identifier), but its cost grows with
-    history; an incremental version would start from the stored labels and only the day's
-    new edges.
+    Only staged days that are new or whose rows changed are read. A run that only adds days
+    is incremental: new identifiers and edges are appended, hubs are re-examined among the
+    identifiers those days touched, and only visitors whose identifiers or events changed get
+    new profiles. A staged day that was re-run or deleted, or a change of the rules, makes the
+    run recompute every derived table from the per-day tables (and, for a rules change, reread
+    every staged day), so the result never depends on the order of runs.
     """
-    register_functions(conn, rules)
-    conn.execute(EVENT_NODES_SQL)
-    conn.execute(HUBS_SQL, [rules.hub_max_clients, rules.hub_max_people_per_client])
-    conn.execute(CANDIDATE_EDGES_SQL)
-    labels = _components(conn)
+    started = time.perf_counter()
+    ensure_layout(conn)
+    plan = plan_run(conn, rules)
     conn.execute("BEGIN TRANSACTION")
     try:
-        for statement in WRITE_SQL:
-            conn.execute(statement)
+        stats = _apply(conn, rules, plan)
+        conn.execute("DELETE FROM identity.graph_days WHERE partition_date IN "
+                     "(SELECT unnest(?::DATE[]))", [[r[0] for r in plan.records] + plan.removed])
+        if plan.records:
+            conn.executemany(
+                "INSERT INTO identity.graph_days VALUES (?, ?, ?, ?, now())", plan.records)
+        stats["seconds"] = round(time.perf_counter() - started, 3)
+        conn.execute(
+            "INSERT INTO identity.graph_runs VALUES (now(), ?, ?, ?, ?, ?, ?, ?)",
+            ["full" if plan.full else "incremental", len(plan.days), rules.fingerprint(),
+             stats["visitors"], stats["visitors_merged"], stats["visitors_split"],
+             stats["seconds"]],
+        )
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+    return stats
+
+
+def ensure_layout(conn: duckdb.DuckDBPyConnection) -> None:
+    """Replace identity tables of the earlier, rebuilt-each-run layout; they hold nothing the
+    staged events cannot give again, and the first run after this reads every staged day."""
+    current = conn.execute("""
+        SELECT count(*) FROM duckdb_columns()
+        WHERE database_name IN (current_database(), 'personal') AND schema_name = 'identity'
+          AND table_name = 'identifiers' AND column_name = 'node_id'
+    """).fetchone()[0]
+    if current:
+        return
+    for table in IDENTITY_TABLES:
+        conn.execute(f"DROP TABLE IF EXISTS identity.{table}")
+    ensure_schema(conn)
+
+
+# A day's row signature changes whenever staging rewrites its rows (a re-run replaces them):
+# cheap, one aggregate over row ids. Only for the days whose rows were rewritten is the content
+# fingerprint computed, over every staged column identity reads, so a re-run that changed an
+# email is read again while a re-run that changed nothing is not.
+ROW_SIGNATURES_SQL = """
+SELECT partition_date, count(*) AS staged_events, bit_xor(hash(rowid)) AS row_signature
+FROM staging.events
+GROUP BY partition_date
+"""
+
+FINGERPRINTS_SQL = """
+SELECT partition_date,
+       bit_xor(hash(event_key, event_time, action_source, client_id, customer_id, email, phone,
+                    first_name, last_name, city, state, zip, country, ip, user_agent, click_id,
+                    cart_token, checkout_token, gender, date_of_birth, advertising_id, is_bot,
+                    is_test, duplicate_of)) AS fingerprint
+FROM staging.events
+WHERE partition_date IN (SELECT unnest(?::DATE[]))
+GROUP BY partition_date
+"""
+
+
+def plan_run(conn: duckdb.DuckDBPyConnection, rules: GraphRules) -> RunPlan:
+    """The staged days to read, the days gone from staging, and whether to recompute all."""
+    staged = {
+        day: (int(events), int(signature))
+        for day, events, signature in conn.execute(ROW_SIGNATURES_SQL).fetchall()
+    }
+    seen = {
+        day: (int(events), int(fingerprint), int(signature))
+        for day, events, fingerprint, signature in conn.execute(
+            "SELECT partition_date, staged_events, fingerprint, row_signature "
+            "FROM identity.graph_days"
+        ).fetchall()
+    }
+    last_rules = conn.execute(
+        "SELECT rules FROM identity.graph_runs ORDER BY run_at DESC LIMIT 1"
+    ).fetchone()
+    rules_changed = last_rules is not None and last_rules[0] != rules.fingerprint()
+    rewritten = sorted(
+        day for day, (events, signature) in staged.items()
+        if rules_changed or day not in seen or seen[day][0::2] != (events, signature)
+    )
+    content = dict(conn.execute(FINGERPRINTS_SQL, [rewritten]).fetchall()) if rewritten else {}
+    if rules_changed:
+        days = sorted(staged)
+    else:
+        days = [
+            day for day in rewritten
+            if day not in seen or seen[day][:2] != (staged[day][0], int(content[day]))
+        ]
+    # A day the retention asset purged from staging keeps what identity derived from it.
+    purged = {day for (day,) in conn.execute(
+        "SELECT partition_date FROM privacy.purged_days").fetchall()}
+    removed = sorted(day for day in seen if day not in staged and day not in purged)
+    reread = any(day in seen for day in days)
+    return RunPlan(
+        days=days,
+        removed=removed,
+        full=rules_changed or reread or bool(removed) or not seen,
+        records=[(day, staged[day][0], int(content[day]), staged[day][1]) for day in rewritten],
+    )
+
+
+def _apply(conn: duckdb.DuckDBPyConnection, rules: GraphRules, plan: RunPlan) -> dict[str, int]:
+    conn.execute(
+        "CREATE OR REPLACE TEMP TABLE run_days AS SELECT unnest(?::DATE[]) AS partition_date",
+        [plan.days + plan.removed],
+    )
+    if not plan.days and not plan.full:
+        return _stats(conn, plan, new_hubs=[], size_refused=0,
+                      changes={"visitors_merged": 0, "visitors_split": 0})
+    _extract(conn, rules)
+    _replace_days(conn)
+    if plan.full:
+        _rebuild_accumulated(conn)
+    else:
+        _add_accumulated(conn)
+    new_hubs = _find_hubs(conn, rules, plan.full)
+    labels, size_refused = guarded_components(conn, rules, plan.full)
+    changes = assign_visitor_ids(conn, labels, plan.full, new_hubs)
+    update_events(conn, new_hubs)
+    refresh_profiles(conn)
+    attribute_clicks(conn, rules)
+    write_refused_edges(conn)
+    return _stats(conn, plan, new_hubs, size_refused, changes)
+
+
+def _stats(conn, plan: RunPlan, new_hubs: list[int], size_refused: int,
+           changes: dict[str, int]) -> dict[str, int]:
     stats = conn.execute(STATS_SQL).fetchone()
     names = ("visitors", "identifiers", "edges", "refused_edges", "largest_visitor",
              "events_resolved")
-    return {"iterations": labels, **dict(zip(names, (int(v or 0) for v in stats), strict=True))}
+    return {
+        **dict(zip(names, (int(v or 0) for v in stats), strict=True)),
+        "days_read": len(plan.days),
+        "full_recompute": int(plan.full),
+        "new_hubs": len(new_hubs),
+        "size_refused_edges": size_refused,
+        **changes,
+    }
 
 
-# One row per (event, identifier) from the events people made: bots and test traffic would
-# only join strangers.
-EVENT_NODES_SQL = """
-CREATE OR REPLACE TEMP TABLE event_nodes AS
-WITH events AS (
-    SELECT event_key, partition_date, event_time, client_id, customer_id, checkout_token,
-           cart_token, capi_email_node(email) AS email, capi_phone_node(phone, country) AS phone
-    FROM staging.events
-    WHERE duplicate_of IS NULL AND NOT is_bot AND NOT is_test
-),
-unpivoted AS (
-    SELECT event_key, partition_date, event_time, 'client' AS kind, client_id AS value
-    FROM events
-    UNION ALL SELECT event_key, partition_date, event_time, 'customer', customer_id FROM events
-    UNION ALL SELECT event_key, partition_date, event_time, 'email', email FROM events
-    UNION ALL SELECT event_key, partition_date, event_time, 'phone', phone FROM events
-    UNION ALL SELECT event_key, partition_date, event_time, 'checkout', checkout_token FROM events
-    UNION ALL SELECT event_key, partition_date, event_time, 'cart', cart_token FROM events
+# --- reading the new days ---------------------------------------------------------------------
+
+# The events people made on the days read: bots and test traffic would only join strangers.
+RUN_EVENTS_SQL = """
+CREATE OR REPLACE TEMP TABLE run_staged AS
+SELECT row_number() OVER () AS ev, event_key, partition_date, event_time, action_source,
+       client_id, customer_id, email AS raw_email, phone AS raw_phone, first_name, last_name,
+       city, state, zip, country, ip, user_agent, click_id, checkout_token, cart_token,
+       advertising_id, gender, date_of_birth
+FROM staging.events
+WHERE partition_date IN (SELECT partition_date FROM run_days)
+  AND duplicate_of IS NULL AND NOT is_bot AND NOT is_test
+"""
+
+# A junk id is a placeholder word, or one character repeated (dashes aside: the zeroed
+# advertising id 00000000-0000-0000-0000-000000000000 is what a device sends without consent).
+JUNK_ID_MACRO = """
+CREATE OR REPLACE TEMP MACRO capi_junk_id(v) AS
+    list_contains($junk_ids, lower(v))
+    OR length(replace(replace(v, '-', ''), left(replace(v, '-', ''), 1), '')) = 0
+"""
+
+RUN_NODES_SQL = """
+CREATE OR REPLACE TEMP TABLE run_nodes AS
+WITH unpivoted AS (
+    SELECT ev, partition_date, event_time, 'customer' AS kind, customer_id AS value
+    FROM run_events
+    UNION ALL SELECT ev, partition_date, event_time, 'email', email FROM run_events
+    UNION ALL SELECT ev, partition_date, event_time, 'phone', phone FROM run_events
+    UNION ALL SELECT ev, partition_date, event_time, 'device', advertising_id
+    FROM run_events
+    UNION ALL SELECT ev, partition_date, event_time, 'client', client_id FROM run_events
+    UNION ALL SELECT ev, partition_date, event_time, 'checkout', checkout_token
+    FROM run_events
+    UNION ALL SELECT ev, partition_date, event_time, 'cart', cart_token FROM run_events
 )
-SELECT event_key, partition_date, event_time, kind, value, kind || ':' || value AS node_key
+SELECT ev, partition_date, event_time, kind, value,
+       kind || ':' || value AS node_key, list_position($kinds, kind) AS rank
 FROM unpivoted
 WHERE value IS NOT NULL AND trim(value) <> ''
+  AND (kind IN ('email', 'phone') OR NOT capi_junk_id(trim(value)))
 """
 
-# A hub has more distinct partners of the other side than one person could: many people on
-# one browser (a kiosk), or one address on many browsers (a shared or made-up address).
+
+def _extract(conn: duckdb.DuckDBPyConnection, rules: GraphRules) -> None:
+    """The days' events, their identifiers (registered as nodes) and their facts."""
+    conn.execute(RUN_EVENTS_SQL)
+    # Normalization runs once per distinct value, not per event.
+    emails = [row[0] for row in conn.execute(
+        "SELECT DISTINCT raw_email FROM run_staged WHERE raw_email IS NOT NULL").fetchall()]
+    temp_table(conn, "run_emails", pa.table({
+        "raw": pa.array(emails, pa.string()),
+        "node": pa.array([email_node(email, rules) for email in emails], pa.string()),
+    }))
+    phones = conn.execute(
+        "SELECT DISTINCT raw_phone, country FROM run_staged WHERE raw_phone IS NOT NULL"
+    ).fetchall()
+    temp_table(conn, "run_phones", pa.table({
+        "raw": pa.array([raw for raw, _ in phones], pa.string()),
+        "country": pa.array([country for _, country in phones], pa.string()),
+        "node": pa.array([phone_node(raw, country, rules) for raw, country in phones],
+                         pa.string()),
+    }))
+
+    conn.execute("""
+        CREATE OR REPLACE TEMP TABLE run_events AS
+        SELECT s.* EXCLUDE (raw_email, raw_phone), m.node AS email, p.node AS phone
+        FROM run_staged s
+        LEFT JOIN run_emails m ON m.raw = s.raw_email
+        LEFT JOIN run_phones p ON p.raw = s.raw_phone AND p.country IS NOT DISTINCT FROM s.country
+    """)
+    conn.execute(JUNK_ID_MACRO.replace("$junk_ids", _sql_list(JUNK_IDS)))
+    conn.execute(RUN_NODES_SQL, {"kinds": list(KINDS)})
+    next_id = conn.execute(
+        "SELECT coalesce(max(node_id), -1) + 1 FROM identity.identifiers").fetchone()[0]
+    conn.execute("""
+        INSERT INTO identity.identifiers
+            (node_key, identifier_type, identifier_value, visitor_id, events, node_id)
+        SELECT node_key, kind, value, '', 0, $next_id - 1 + row_number() OVER ()
+        FROM (SELECT DISTINCT node_key, kind, value FROM run_nodes) n
+        WHERE NOT EXISTS (SELECT 1 FROM identity.identifiers i WHERE i.node_key = n.node_key)
+    """, {"next_id": next_id})
+    conn.execute("""
+        CREATE OR REPLACE TEMP TABLE run_node_ids AS
+        SELECT n.ev, n.partition_date, n.event_time, n.rank, i.node_id
+        FROM run_nodes n JOIN identity.identifiers i USING (node_key)
+    """)
+
+
+def _sql_list(values) -> str:
+    return "[" + ", ".join("'" + value.replace("'", "''") + "'" for value in values) + "]"
+
+
+def _replace_days(conn: duckdb.DuckDBPyConnection) -> None:
+    """The per-day tables of the days read (or removed) hold exactly those days' rows."""
+    # The visitors of the events replaced here get new profiles, whatever else changes.
+    conn.execute("""
+        CREATE OR REPLACE TEMP TABLE dropped_visitors AS
+        SELECT DISTINCT visitor_id FROM identity.event_visitors
+        WHERE partition_date IN (SELECT partition_date FROM run_days)
+    """)
+    for table in ("identifier_days", "edge_days", "event_visitors"):
+        conn.execute(f"DELETE FROM identity.{table} WHERE partition_date IN "
+                     "(SELECT partition_date FROM run_days)")
+    conn.execute("""
+        INSERT INTO identity.identifier_days
+        SELECT partition_date, node_id, count(*), min(event_time), max(event_time)
+        FROM run_node_ids GROUP BY partition_date, node_id
+    """)
+    conn.execute("""
+        INSERT INTO identity.edge_days
+        SELECT a.partition_date, a.node_id, b.node_id, count(*), min(a.event_time),
+               max(a.event_time)
+        FROM run_node_ids a
+        JOIN run_node_ids b ON a.ev = b.ev AND a.node_id < b.node_id
+        GROUP BY a.partition_date, a.node_id, b.node_id
+    """)
+    conn.execute("""
+        INSERT INTO identity.event_visitors BY NAME
+        SELECT e.event_key, e.partition_date, '' AS visitor_id, e.event_time, n.node_ids,
+               n.first_node AS anchor_node_id, e.action_source, e.email, e.phone, e.first_name,
+               e.last_name, e.city, e.state, e.zip, e.country, e.customer_id, e.ip,
+               e.user_agent, e.click_id, e.gender, e.date_of_birth, e.advertising_id
+        FROM run_events e
+        JOIN (SELECT ev, list(node_id) AS node_ids, arg_min(node_id, rank) AS first_node
+              FROM run_node_ids GROUP BY ev) n USING (ev)
+    """)
+
+
+# --- the accumulated graph --------------------------------------------------------------------
+
+INSERT_EDGES_SQL = """
+INSERT INTO identity.edges
+SELECT ia.node_key, ib.node_key, p.events, p.first_seen, p.last_seen, p.a_id, p.b_id,
+       ia.identifier_type, ib.identifier_type, p.first_day, NULL
+FROM {source} p
+JOIN identity.identifiers ia ON ia.node_id = p.a_id
+JOIN identity.identifiers ib ON ib.node_id = p.b_id
+"""
+
+
+def _rebuild_accumulated(conn: duckdb.DuckDBPyConnection) -> None:
+    """Every identifier's and edge's totals from the per-day tables (after a re-run)."""
+    conn.execute("""
+        CREATE OR REPLACE TEMP TABLE run_pairs AS
+        SELECT a_id, b_id, sum(events)::INTEGER AS events, min(first_seen) AS first_seen,
+               max(last_seen) AS last_seen, min(partition_date) AS first_day
+        FROM identity.edge_days GROUP BY a_id, b_id
+    """)
+    conn.execute("""
+        CREATE OR REPLACE TEMP TABLE node_totals AS
+        SELECT node_id, sum(events)::INTEGER AS events, min(first_seen) AS first_seen,
+               max(last_seen) AS last_seen
+        FROM identity.identifier_days GROUP BY node_id
+    """)
+    # Only differences are written: an identifier or pair no staged event carries any more is
+    # gone, changed totals are updated, new pairs are added.
+    conn.execute("""
+        DELETE FROM identity.identifiers
+        WHERE node_id NOT IN (SELECT node_id FROM node_totals)
+    """)
+    conn.execute("""
+        UPDATE identity.identifiers i
+        SET events = t.events, first_seen = t.first_seen, last_seen = t.last_seen
+        FROM node_totals t
+        WHERE i.node_id = t.node_id
+          AND (i.events <> t.events OR i.first_seen IS DISTINCT FROM t.first_seen
+               OR i.last_seen IS DISTINCT FROM t.last_seen)
+    """)
+    conn.execute("""
+        DELETE FROM identity.edges e
+        WHERE NOT EXISTS (SELECT 1 FROM run_pairs r WHERE r.a_id = e.a_id AND r.b_id = e.b_id)
+    """)
+    conn.execute("""
+        UPDATE identity.edges e
+        SET events = r.events, first_seen = r.first_seen, last_seen = r.last_seen,
+            first_day = r.first_day
+        FROM run_pairs r
+        WHERE e.a_id = r.a_id AND e.b_id = r.b_id
+          AND (e.events <> r.events OR e.first_seen IS DISTINCT FROM r.first_seen
+               OR e.last_seen IS DISTINCT FROM r.last_seen OR e.first_day <> r.first_day)
+    """)
+    conn.execute("""
+        CREATE OR REPLACE TEMP TABLE new_pairs AS
+        SELECT r.* FROM run_pairs r
+        ANTI JOIN identity.edges e ON e.a_id = r.a_id AND e.b_id = r.b_id
+    """)
+    conn.execute(INSERT_EDGES_SQL.format(source="new_pairs"))
+
+
+def _add_accumulated(conn: duckdb.DuckDBPyConnection) -> None:
+    """Add the new days' counts to the totals, and their new edges to the graph."""
+    conn.execute("""
+        CREATE OR REPLACE TEMP TABLE node_totals AS
+        SELECT node_id, sum(events)::INTEGER AS events, min(first_seen) AS first_seen,
+               max(last_seen) AS last_seen
+        FROM identity.identifier_days
+        WHERE partition_date IN (SELECT partition_date FROM run_days)
+        GROUP BY node_id
+    """)
+    conn.execute("""
+        UPDATE identity.identifiers i
+        SET events = i.events + t.events, first_seen = least(i.first_seen, t.first_seen),
+            last_seen = greatest(i.last_seen, t.last_seen)
+        FROM node_totals t WHERE i.node_id = t.node_id
+    """)
+    conn.execute("""
+        CREATE OR REPLACE TEMP TABLE run_pairs AS
+        SELECT a_id, b_id, sum(events)::INTEGER AS events, min(first_seen) AS first_seen,
+               max(last_seen) AS last_seen, min(partition_date) AS first_day
+        FROM identity.edge_days
+        WHERE partition_date IN (SELECT partition_date FROM run_days)
+        GROUP BY a_id, b_id
+    """)
+    conn.execute("""
+        CREATE OR REPLACE TEMP TABLE new_pairs AS
+        SELECT r.* FROM run_pairs r
+        ANTI JOIN identity.edges e ON e.a_id = r.a_id AND e.b_id = r.b_id
+    """)
+    conn.execute("""
+        UPDATE identity.edges e
+        SET events = e.events + r.events, first_seen = least(e.first_seen, r.first_seen),
+            last_seen = greatest(e.last_seen, r.last_seen),
+            first_day = least(e.first_day, r.first_day)
+        FROM run_pairs r WHERE e.a_id = r.a_id AND e.b_id = r.b_id
+    """)
+    conn.execute(INSERT_EDGES_SQL.format(source="new_pairs"))
+
+
+# A hub has more distinct partners of one side than one person could: many people on one
+# browser (a kiosk), one address on many browsers (a shared or made-up address), or a cart or
+# checkout token (one shopping session) carried by several people.
 HUBS_SQL = """
-CREATE OR REPLACE TEMP TABLE hubs AS
-WITH pairs AS (
-    SELECT DISTINCT c.node_key AS client_node, p.node_key AS person_node
-    FROM event_nodes c
-    JOIN event_nodes p ON c.event_key = p.event_key
-    WHERE c.kind = 'client' AND p.kind IN ('customer', 'email', 'phone')
-)
-SELECT person_node AS node_key,
-       'hub: on ' || count(*) || ' client ids, limit ' || $1 AS reason
-FROM pairs GROUP BY person_node HAVING count(*) > $1
-UNION ALL
-SELECT client_node,
-       'hub: ' || count(*) || ' people on one client id, limit ' || $2
-FROM pairs GROUP BY client_node HAVING count(*) > $2
-UNION ALL
--- A cart or checkout token belongs to one shopping session: one shared by several people is a
--- placeholder or a collector bug.
-SELECT t.node_key,
-       'hub: ' || count(DISTINCT p.node_key) || ' people on one ' || any_value(t.kind)
-       || ' token, limit ' || $2
-FROM event_nodes t
-JOIN event_nodes p ON p.event_key = t.event_key
-WHERE t.kind IN ('checkout', 'cart') AND p.kind IN ('customer', 'email', 'phone', 'client')
-GROUP BY t.node_key
-HAVING count(DISTINCT p.node_key) > $2 * 2
-"""
-
-# Each event joins its identifiers in a star around the first one, which connects them all
-# with n-1 edges instead of n(n-1)/2.
-CANDIDATE_EDGES_SQL = """
-CREATE OR REPLACE TEMP TABLE candidate_edges AS
-WITH ranked AS (
-    SELECT event_key, event_time, node_key,
-           row_number() OVER (
-               PARTITION BY event_key
-               ORDER BY list_position(
-                   ['client', 'customer', 'email', 'phone', 'checkout', 'cart'], kind),
-                   node_key
-           ) AS position
-    FROM event_nodes
+CREATE OR REPLACE TEMP TABLE run_hubs AS
+WITH sides AS (
+    SELECT a_id AS node_id, a_type AS kind, b_type AS partner FROM identity.edges
+    WHERE {candidates_a}
+    UNION ALL
+    SELECT b_id, b_type, a_type FROM identity.edges
+    WHERE {candidates_b}
 ),
-star AS (
-    SELECT a.event_key, a.event_time, least(a.node_key, b.node_key) AS node_a,
-           greatest(a.node_key, b.node_key) AS node_b
-    FROM ranked a JOIN ranked b ON a.event_key = b.event_key
-    WHERE a.position = 1 AND b.position > 1
+counts AS (
+    SELECT node_id, any_value(kind) AS kind,
+           count(*) FILTER (WHERE partner IN ('client', 'device')) AS browsers,
+           count(*) FILTER (WHERE partner IN ('customer', 'email', 'phone')) AS people
+    FROM sides GROUP BY node_id
+),
+judged AS (
+    SELECT node_id, CASE
+        WHEN kind IN ('customer', 'email', 'phone') AND browsers > $max_clients
+            THEN 'hub: on ' || browsers || ' client ids, limit ' || $max_clients
+        WHEN kind IN ('client', 'device') AND people > $max_people
+            THEN 'hub: ' || people || ' people on one client id, limit ' || $max_people
+        WHEN kind IN ('checkout', 'cart') AND people + browsers > 2 * $max_people
+            THEN 'hub: ' || (people + browsers) || ' people on one ' || kind
+                 || ' token, limit ' || 2 * $max_people
+    END AS reason
+    FROM counts
 )
-SELECT s.node_a, s.node_b, count(DISTINCT s.event_key) AS events,
-       min(s.event_time) AS first_seen, max(s.event_time) AS last_seen,
-       coalesce(any_value(ha.reason), any_value(hb.reason)) AS refused_reason
-FROM star s
-LEFT JOIN hubs ha ON ha.node_key = s.node_a
-LEFT JOIN hubs hb ON hb.node_key = s.node_b
-WHERE s.node_a <> s.node_b
-GROUP BY s.node_a, s.node_b
+SELECT node_id, reason FROM judged WHERE reason IS NOT NULL
 """
 
 
-def _components(conn: duckdb.DuckDBPyConnection) -> int:
-    """Label every node with the smallest node key of its component; returns iterations."""
-    conn.execute("""
-        CREATE OR REPLACE TEMP TABLE links AS
-        SELECT node_a AS src, node_b AS dst FROM candidate_edges WHERE refused_reason IS NULL
-        UNION ALL
-        SELECT node_b, node_a FROM candidate_edges WHERE refused_reason IS NULL
-    """)
-    conn.execute("""
-        CREATE OR REPLACE TEMP TABLE labels AS
-        SELECT DISTINCT node_key, node_key AS label FROM event_nodes
-    """)
-    for iteration in range(1, MAX_ITERATIONS + 1):
-        # One step takes the smallest label among a node's neighbours; the pointer jump then
-        # adopts the label of that label, which halves the distance left on long chains.
+def _find_hubs(conn: duckdb.DuckDBPyConnection, rules: GraphRules, full: bool) -> list[int]:
+    """Mark hubs; returns the identifiers that became hubs in this run.
+
+    Partner counts only grow as days are added, so an incremental run only re-examines the
+    identifiers on the new days' edges; a full run examines all and may also clear a mark.
+    """
+    if full:
+        sql = HUBS_SQL.format(candidates_a="TRUE", candidates_b="TRUE")
+    else:
         conn.execute("""
-            CREATE OR REPLACE TEMP TABLE next_labels AS
-            WITH stepped AS (
-                SELECT l.node_key, least(l.label, coalesce(min(n.label), l.label)) AS label
-                FROM labels l
-                LEFT JOIN links k ON k.src = l.node_key
-                LEFT JOIN labels n ON n.node_key = k.dst
-                GROUP BY l.node_key, l.label
-            )
-            SELECT s.node_key, least(s.label, j.label) AS label
-            FROM stepped s JOIN stepped j ON j.node_key = s.label
+            CREATE OR REPLACE TEMP TABLE hub_candidates AS
+            SELECT a_id AS node_id FROM run_pairs UNION SELECT b_id FROM run_pairs
         """)
-        changed = conn.execute("""
-            SELECT count(*) FROM next_labels n JOIN labels l USING (node_key)
-            WHERE n.label <> l.label
-        """).fetchone()[0]
-        conn.execute("CREATE OR REPLACE TEMP TABLE labels AS SELECT * FROM next_labels")
-        if changed == 0:
-            return iteration
-    raise RuntimeError(f"identity components did not converge in {MAX_ITERATIONS} iterations")
+        sql = HUBS_SQL.format(candidates_a="a_id IN (SELECT node_id FROM hub_candidates)",
+                              candidates_b="b_id IN (SELECT node_id FROM hub_candidates)")
+    conn.execute(sql, {"max_clients": rules.hub_max_clients,
+                       "max_people": rules.hub_max_people_per_client})
+    before = set()
+    if full:
+        before = {row[0] for row in conn.execute(
+            "SELECT node_id FROM identity.identifiers WHERE hub_reason IS NOT NULL").fetchall()}
+        conn.execute("UPDATE identity.identifiers SET hub_reason = NULL "
+                     "WHERE hub_reason IS NOT NULL")
+    new = [row[0] for row in conn.execute("""
+        SELECT h.node_id FROM run_hubs h JOIN identity.identifiers i USING (node_id)
+        WHERE i.hub_reason IS NULL
+    """).fetchall()]
+    conn.execute("""
+        UPDATE identity.identifiers i SET hub_reason = h.reason
+        FROM run_hubs h WHERE i.node_id = h.node_id AND i.hub_reason IS NULL
+    """)
+    if full:
+        # Addresses added to the junk list after they were seen stop joining too.
+        conn.execute(
+            "UPDATE identity.identifiers SET hub_reason = 'junk: on the junk list' "
+            "WHERE identifier_type = 'email' AND identifier_value IN (SELECT unnest(?))",
+            [sorted(rules.junk_emails)],
+        )
+        now = {row[0] for row in conn.execute(
+            "SELECT node_id FROM identity.identifiers WHERE hub_reason IS NOT NULL").fetchall()}
+        return sorted(now ^ before)
+    return new
 
-
-WRITE_SQL = (
-    "DELETE FROM identity.identifiers",
-    """
-    INSERT INTO identity.identifiers
-    SELECT n.node_key, any_value(n.kind), any_value(n.value),
-           'v_' || left(md5(any_value(l.label)), 16), count(DISTINCT n.event_key),
-           min(n.event_time), max(n.event_time)
-    FROM event_nodes n JOIN labels l USING (node_key)
-    GROUP BY n.node_key
-    """,
-    "DELETE FROM identity.edges",
-    """
-    INSERT INTO identity.edges
-    SELECT node_a, node_b, events, first_seen, last_seen
-    FROM candidate_edges WHERE refused_reason IS NULL
-    """,
-    "DELETE FROM identity.refused_edges",
-    """
-    INSERT INTO identity.refused_edges
-    SELECT node_a, node_b, refused_reason, events
-    FROM candidate_edges WHERE refused_reason IS NOT NULL
-    """,
-    # An event belongs to the visitor of its most personal identifier that is not a hub, so
-    # a purchase made on a shop's kiosk goes to the buyer, not to the kiosk.
-    "DELETE FROM identity.event_visitors",
-    """
-    INSERT INTO identity.event_visitors
-    SELECT n.event_key, any_value(n.partition_date),
-           arg_min(i.visitor_id, list_position(
-               ['customer', 'email', 'phone', 'client', 'checkout', 'cart'], n.kind)
-               + CASE WHEN h.node_key IS NULL THEN 0 ELSE 10 END)
-    FROM event_nodes n
-    JOIN identity.identifiers i USING (node_key)
-    LEFT JOIN hubs h USING (node_key)
-    GROUP BY n.event_key
-    """,
-    "DELETE FROM identity.visitor_profiles",
-    """
-    INSERT INTO identity.visitor_profiles
-    WITH events AS (
-        SELECT v.visitor_id, s.event_time, s.customer_id, s.first_name, s.last_name, s.city,
-               s.state, s.zip, s.country, s.ip, s.user_agent, s.click_id,
-               capi_email_node(s.email) AS email, capi_phone_node(s.phone, s.country) AS phone,
-               coalesce(s.city, s.state, s.zip, s.country) IS NOT NULL AS has_address
-        FROM staging.events s JOIN identity.event_visitors v USING (event_key)
-    )
-    SELECT visitor_id,
-           (SELECT count(*) FROM identity.identifiers i WHERE i.visitor_id = e.visitor_id),
-           count(*), min(event_time), max(event_time),
-           arg_max(email, event_time) FILTER (WHERE email IS NOT NULL),
-           max(event_time) FILTER (WHERE email IS NOT NULL),
-           arg_max(phone, event_time) FILTER (WHERE phone IS NOT NULL),
-           max(event_time) FILTER (WHERE phone IS NOT NULL),
-           arg_max(first_name, event_time) FILTER (WHERE first_name IS NOT NULL),
-           arg_max(last_name, event_time) FILTER (WHERE last_name IS NOT NULL),
-           arg_max(city, event_time) FILTER (WHERE has_address),
-           arg_max(state, event_time) FILTER (WHERE has_address),
-           arg_max(zip, event_time) FILTER (WHERE has_address),
-           arg_max(country, event_time) FILTER (WHERE has_address),
-           max(event_time) FILTER (WHERE has_address),
-           arg_max(customer_id, event_time) FILTER (WHERE customer_id IS NOT NULL),
-           arg_max(ip, event_time) FILTER (WHERE ip IS NOT NULL AND user_agent IS NOT NULL),
-           arg_max(user_agent, event_time) FILTER (WHERE ip IS NOT NULL AND user_agent IS NOT NULL),
-           max(event_time) FILTER (WHERE ip IS NOT NULL AND user_agent IS NOT NULL),
-           arg_max(click_id, event_time) FILTER (WHERE click_id IS NOT NULL),
-           max(event_time) FILTER (WHERE click_id IS NOT NULL)
-    FROM events e
-    GROUP BY visitor_id
-    """,
-)
 
 STATS_SQL = """
 SELECT (SELECT count(*) FROM identity.visitor_profiles),

@@ -100,6 +100,12 @@ CREATE TABLE IF NOT EXISTS privacy.suppressions (
     suppressed_at TIMESTAMPTZ NOT NULL
 );
 
+-- Days the retention asset purged from raw and staging: identity keeps what it derived from them.
+CREATE TABLE IF NOT EXISTS privacy.purged_days (
+    partition_date DATE NOT NULL,
+    purged_at TIMESTAMPTZ NOT NULL
+);
+
 -- When erasures ran and how much they removed; never who.
 CREATE TABLE IF NOT EXISTS privacy.erasures (
     erased_at TIMESTAMPTZ NOT NULL,
@@ -107,7 +113,9 @@ CREATE TABLE IF NOT EXISTS privacy.erasures (
     visitors INTEGER NOT NULL
 );
 
--- Identity: all history, rebuilt by each identity run.
+-- Identity: all history, kept per staged day and brought up to date incrementally: a run reads
+-- only the staged days that are new or changed since the last one (identity.graph_days).
+-- One row per identifier ever seen; node_id is assigned at first sight and never reused.
 CREATE TABLE IF NOT EXISTS identity.identifiers (
     node_key VARCHAR NOT NULL,
     identifier_type VARCHAR NOT NULL,
@@ -115,17 +123,29 @@ CREATE TABLE IF NOT EXISTS identity.identifiers (
     visitor_id VARCHAR NOT NULL,
     events INTEGER NOT NULL,
     first_seen TIMESTAMPTZ,
-    last_seen TIMESTAMPTZ
+    last_seen TIMESTAMPTZ,
+    node_id BIGINT NOT NULL,
+    -- Why this identifier joins nothing (a hub or a configured junk value); NULL when it joins.
+    hub_reason VARCHAR
 );
 
+-- Every pair of identifiers seen on one event, over all history. An edge joins visitors unless
+-- refused: by a hub at either end (identity.refused_edges) or by the size guard (refused_reason).
 CREATE TABLE IF NOT EXISTS identity.edges (
     node_a VARCHAR NOT NULL,
     node_b VARCHAR NOT NULL,
     events INTEGER NOT NULL,
     first_seen TIMESTAMPTZ,
-    last_seen TIMESTAMPTZ
+    last_seen TIMESTAMPTZ,
+    a_id BIGINT NOT NULL,
+    b_id BIGINT NOT NULL,
+    a_type VARCHAR NOT NULL,
+    b_type VARCHAR NOT NULL,
+    first_day DATE NOT NULL,
+    refused_reason VARCHAR
 );
 
+-- Every edge that does not join visitors, with why (hub limits, size guard): no values, keys only.
 CREATE TABLE IF NOT EXISTS identity.refused_edges (
     node_a VARCHAR NOT NULL,
     node_b VARCHAR NOT NULL,
@@ -133,11 +153,86 @@ CREATE TABLE IF NOT EXISTS identity.refused_edges (
     events INTEGER NOT NULL
 );
 
--- Which visitor each staged event belongs to (bots, test traffic and duplicates have none).
+-- Which visitor each staged event belongs to (bots, test traffic and duplicates have none), with
+-- the event's identifiers (node ids), the one that decides its visitor (anchor: the most personal
+-- that is not a hub) and the normalized facts it carried,
+-- from which profiles are rebuilt without rereading staging.
 CREATE TABLE IF NOT EXISTS identity.event_visitors (
     event_key VARCHAR NOT NULL,
     partition_date DATE NOT NULL,
-    visitor_id VARCHAR NOT NULL
+    visitor_id VARCHAR NOT NULL,
+    event_time TIMESTAMPTZ NOT NULL,
+    node_ids BIGINT[] NOT NULL,
+    anchor_node_id BIGINT NOT NULL,
+    action_source VARCHAR,
+    email VARCHAR,
+    phone VARCHAR,
+    first_name VARCHAR,
+    last_name VARCHAR,
+    city VARCHAR,
+    state VARCHAR,
+    zip VARCHAR,
+    country VARCHAR,
+    customer_id VARCHAR,
+    ip VARCHAR,
+    user_agent VARCHAR,
+    click_id VARCHAR,
+    gender VARCHAR,
+    date_of_birth VARCHAR,
+    advertising_id VARCHAR,
+    -- The Pinterest click id this event is attributed to: its own, else its visitor's latest
+    -- click before it within the attribution window (settings.attribution_window_days).
+    attributed_click_id VARCHAR,
+    attributed_click_at TIMESTAMPTZ
+);
+
+-- Per staged day: each identifier's events, and each pair's events (node ids).
+CREATE TABLE IF NOT EXISTS identity.identifier_days (
+    partition_date DATE NOT NULL,
+    node_id BIGINT NOT NULL,
+    events INTEGER NOT NULL,
+    first_seen TIMESTAMPTZ,
+    last_seen TIMESTAMPTZ
+);
+
+CREATE TABLE IF NOT EXISTS identity.edge_days (
+    partition_date DATE NOT NULL,
+    a_id BIGINT NOT NULL,
+    b_id BIGINT NOT NULL,
+    events INTEGER NOT NULL,
+    first_seen TIMESTAMPTZ,
+    last_seen TIMESTAMPTZ
+);
+
+-- The staged days identity has read: a day whose rows staging rewrote (row_signature) is
+-- fingerprinted again, and read again when its content (fingerprint) changed.
+CREATE TABLE IF NOT EXISTS identity.graph_days (
+    partition_date DATE NOT NULL,
+    staged_events BIGINT NOT NULL,
+    fingerprint UBIGINT NOT NULL,
+    row_signature UBIGINT NOT NULL,
+    processed_at TIMESTAMPTZ NOT NULL
+);
+
+-- One row per identity run: what it read, whether it recomputed everything, what changed.
+CREATE TABLE IF NOT EXISTS identity.graph_runs (
+    run_at TIMESTAMPTZ NOT NULL,
+    mode VARCHAR NOT NULL,
+    days_read INTEGER NOT NULL,
+    rules VARCHAR NOT NULL,
+    visitors BIGINT NOT NULL,
+    visitors_merged BIGINT NOT NULL,
+    visitors_split BIGINT NOT NULL,
+    seconds DOUBLE NOT NULL
+);
+
+-- When visitors merge, the ids that stopped being used point to the one kept (always the
+-- current id: a later merge rewrites older rows). A visitor split off gets a row too.
+CREATE TABLE IF NOT EXISTS identity.visitor_id_map (
+    old_visitor_id VARCHAR NOT NULL,
+    visitor_id VARCHAR NOT NULL,
+    reason VARCHAR NOT NULL,
+    mapped_at TIMESTAMPTZ NOT NULL
 );
 
 CREATE TABLE IF NOT EXISTS identity.visitor_profiles (
@@ -162,7 +257,17 @@ CREATE TABLE IF NOT EXISTS identity.visitor_profiles (
     user_agent VARCHAR,
     web_seen_at TIMESTAMPTZ,
     click_id VARCHAR,
-    click_id_seen_at TIMESTAMPTZ
+    click_id_seen_at TIMESTAMPTZ,
+    name_seen_at TIMESTAMPTZ,
+    customer_id_seen_at TIMESTAMPTZ,
+    gender VARCHAR,
+    gender_seen_at TIMESTAMPTZ,
+    date_of_birth VARCHAR,
+    date_of_birth_seen_at TIMESTAMPTZ,
+    advertising_id VARCHAR,
+    advertising_id_seen_at TIMESTAMPTZ,
+    first_name_seen_at TIMESTAMPTZ,
+    last_name_seen_at TIMESTAMPTZ
 );
 
 -- What Pinterest is sent: hashes, and the fields Pinterest takes unhashed, nothing else.

@@ -21,7 +21,8 @@ def retention(
     context: AssetExecutionContext, duckdb: WarehouseResource, settings: PipelineSettings
 ) -> MaterializeResult:
     """Deletes raw and staging rows whose UTC day is older than CAPI_RETENTION_DAYS (0 keeps
-    everything). The identity graph, the payloads and the ledger keep what they derived.
+    everything). The identity graph, the payloads and the ledger keep what they derived: the
+    purged days are listed in privacy.purged_days, which identity reads as "gone on purpose".
     """
     if settings.retention_days <= 0:
         context.log.info("retention is off (CAPI_RETENTION_DAYS=0): nothing purged")
@@ -31,6 +32,10 @@ def retention(
     with duckdb.get_connection() as conn:
         conn.execute("BEGIN TRANSACTION")
         try:
+            conn.execute(
+                "INSERT INTO privacy.purged_days SELECT DISTINCT partition_date, now() "
+                "FROM staging.events WHERE partition_date < ? AND partition_date NOT IN "
+                "(SELECT partition_date FROM privacy.purged_days)", [cutoff])
             for table in PURGED_TABLES:
                 purged[table] = conn.execute(
                     f"DELETE FROM {table} WHERE partition_date < ?", [cutoff]).fetchall()[0][0]

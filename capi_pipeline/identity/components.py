@@ -1,0 +1,230 @@
+"""Connected components over the accumulated edges, the size guard, and stable visitor ids.
+
+scipy's connected components labels millions of nodes in a second or two; the size guard
+replays only the edges inside an oversized component, and visitor ids are re-decided only for
+components whose identifiers changed.
+"""
+
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+from scipy.sparse import csr_array
+from scipy.sparse.csgraph import connected_components
+
+from capi_pipeline.identity.rules import GraphRules
+from capi_pipeline.identity.tables import temp_table
+
+
+def _components(nodes: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    graph = csr_array((np.ones(len(a), dtype=np.int8), (a, b)), shape=(nodes, nodes))
+    return connected_components(graph, directed=False)[1]
+
+
+def guarded_components(
+    conn: duckdb.DuckDBPyConnection, rules: GraphRules, full: bool
+) -> tuple[np.ndarray, int]:
+    """Each node's component over the edges that join, after the size guard; returns the
+    labels (indexed by node id) and how many edges the size guard refused in this run."""
+    nodes = int(conn.execute(
+        "SELECT coalesce(max(node_id), -1) + 1 FROM identity.identifiers").fetchone()[0])
+    if full:
+        conn.execute("UPDATE identity.edges SET refused_reason = NULL "
+                     "WHERE refused_reason IS NOT NULL")
+    # Every edge is new on a full run: no need to look them up.
+    edges = conn.execute("""
+        SELECT e.a_id, e.b_id, e.refused_reason IS NOT NULL AS refused,
+               date_diff('day', DATE '2000-01-01', e.first_day) AS day,
+               {new} AS new
+        FROM identity.edges e
+        {join}
+    """.format(
+        new="true" if full else "n.a_id IS NOT NULL",
+        join="" if full else "LEFT JOIN new_pairs n ON n.a_id = e.a_id AND n.b_id = e.b_id",
+    )).fetchnumpy()
+    a, b = np.asarray(edges["a_id"], np.int64), np.asarray(edges["b_id"], np.int64)
+    hub = np.zeros(nodes, dtype=bool)
+    hub_ids = conn.execute(
+        "SELECT node_id FROM identity.identifiers WHERE hub_reason IS NOT NULL").fetchnumpy()
+    hub[np.asarray(hub_ids["node_id"], np.int64)] = True
+    kept = ~np.asarray(edges["refused"], bool) & ~hub[a] & ~hub[b]
+    labels = _components(nodes, a[kept], b[kept])
+
+    limit = rules.max_visitor_identifiers
+    sizes = np.bincount(labels, minlength=nodes)
+    if not (sizes > limit).any():
+        return labels, 0
+    # Only edges inside the oversized components can be refused: replay their arrival, day by
+    # day on a full rebuild, or this run's new edges on top of the rest incrementally.
+    inside = np.flatnonzero(kept & (sizes[labels[a]] > limit))
+    sub_nodes, sub = np.unique(np.concatenate([a[inside], b[inside]]), return_inverse=True)
+    sa, sb = sub[: len(inside)], sub[len(inside):]
+    if full:
+        day = np.asarray(edges["day"], np.int64)[inside]
+        steps = [day == value for value in np.unique(day)]
+        earlier = [day < value for value in np.unique(day)]
+    else:
+        new = np.asarray(edges["new"], bool)[inside]
+        steps, earlier = [new], [~new]
+    refused = np.zeros(len(inside), dtype=bool)
+    reasons = np.zeros(len(inside), dtype=np.int64)
+    for step, before in zip(steps, earlier, strict=True):
+        before = before & ~refused
+        was = _components(len(sub_nodes), sa[before], sb[before])
+        joined = before | step
+        now = _components(len(sub_nodes), sa[joined], sb[joined])
+        now_sizes = np.bincount(now, minlength=len(sub_nodes))
+        bad = step & (now_sizes[now[sa]] > limit) & (was[sa] != was[sb])
+        refused |= bad
+        reasons[bad] = now_sizes[now[sa[bad]]]
+    if refused.any():
+        rows = inside[refused]
+        temp_table(conn, "size_refused", pa.table({
+            "a_id": a[rows], "b_id": b[rows], "size": reasons[refused],
+        }))
+        conn.execute("""
+            UPDATE identity.edges e
+            SET refused_reason = 'size: would join ' || r.size
+                || ' identifiers into one visitor, limit ' || $limit
+            FROM size_refused r WHERE e.a_id = r.a_id AND e.b_id = r.b_id
+        """, {"limit": limit})
+        kept[rows] = False
+        labels = _components(nodes, a[kept], b[kept])
+    return labels, int(refused.sum())
+
+
+# --- stable visitor ids -------------------------------------------------------------------------
+
+# Per component: its identifiers and the visitor ids they had. A component is unchanged when
+# all its identifiers had one id and that id had no other identifiers.
+COMPONENTS_SQL = """
+CREATE OR REPLACE TEMP TABLE node_components AS
+SELECT i.node_id, i.node_key, i.visitor_id AS old_visitor_id, i.first_seen, l.component,
+       i.hub_reason IS NOT NULL AS hub
+FROM identity.identifiers i JOIN component_labels l ON l.node_id = i.node_id
+"""
+
+CHANGED_SQL = """
+CREATE OR REPLACE TEMP TABLE changed_components AS
+WITH old_sizes AS (
+    SELECT old_visitor_id, count(*) AS nodes FROM node_components
+    WHERE old_visitor_id <> '' GROUP BY old_visitor_id
+),
+per_component AS (
+    SELECT component, count(*) AS nodes, min(old_visitor_id) AS low, max(old_visitor_id) AS high
+    FROM node_components GROUP BY component
+)
+SELECT p.component FROM per_component p LEFT JOIN old_sizes o ON o.old_visitor_id = p.low
+WHERE p.low = '' OR p.low <> p.high OR o.nodes IS DISTINCT FROM p.nodes
+"""
+
+# Each old id goes to the component that holds most of its identifiers; a component holding
+# several keeps the oldest (first seen earliest), then the largest; a component with none of its
+# own is new (or split off) and gets an id from its smallest identifier.
+NEW_IDS_SQL = """
+CREATE OR REPLACE TEMP TABLE component_ids AS
+WITH changed AS (
+    SELECT n.* FROM node_components n SEMI JOIN changed_components c USING (component)
+),
+old_visitors AS (
+    SELECT old_visitor_id, count(*) AS nodes, min(first_seen) AS first_seen
+    FROM node_components WHERE old_visitor_id IN (SELECT old_visitor_id FROM changed)
+      AND old_visitor_id <> ''
+    GROUP BY old_visitor_id
+),
+overlap AS (
+    SELECT component, old_visitor_id, count(*) AS shared, bool_and(hub) AS only_hubs,
+           min(first_seen) AS earliest, min(node_key) AS first_key
+    FROM changed
+    WHERE old_visitor_id <> '' GROUP BY component, old_visitor_id
+),
+-- On a tie (a visitor split into equal parts) the part that is a person, not a hub that just
+-- lost its edges, keeps the id; then the part seen first.
+claims AS (
+    SELECT o.component, o.old_visitor_id, v.first_seen, v.nodes
+    FROM overlap o JOIN old_visitors v USING (old_visitor_id)
+    QUALIFY row_number() OVER (
+        PARTITION BY o.old_visitor_id
+        ORDER BY o.shared DESC, o.only_hubs, o.earliest NULLS LAST, o.first_key) = 1
+),
+keepers AS (
+    SELECT component, old_visitor_id FROM claims
+    QUALIFY row_number() OVER (
+        PARTITION BY component ORDER BY first_seen NULLS LAST, nodes DESC, old_visitor_id) = 1
+),
+firsts AS (
+    SELECT component, min(node_key) AS first_key,
+           min(old_visitor_id) FILTER (WHERE old_visitor_id <> '') AS split_from
+    FROM changed GROUP BY component
+)
+SELECT f.component, f.split_from,
+       coalesce(k.old_visitor_id,
+                'v_' || left(md5(f.first_key || coalesce('|split|' || f.split_from, '')), 16))
+           AS visitor_id,
+       k.old_visitor_id IS NULL AND f.split_from IS NOT NULL AS split
+FROM firsts f LEFT JOIN keepers k USING (component)
+"""
+
+
+# Incrementally, only a component holding a new identifier, an end of a new edge, or an
+# identifier of a visitor a new hub belonged to can differ from the visitor it was.
+CANDIDATES_SQL = """
+SELECT node_id FROM identity.identifiers WHERE visitor_id = ''
+UNION SELECT a_id FROM new_pairs
+UNION SELECT b_id FROM new_pairs
+UNION SELECT node_id FROM identity.identifiers
+      WHERE visitor_id IN (SELECT visitor_id FROM identity.identifiers
+                           WHERE node_id IN (SELECT unnest($hubs::BIGINT[])))
+"""
+
+
+def assign_visitor_ids(
+    conn: duckdb.DuckDBPyConnection, labels: np.ndarray, full: bool, new_hubs: list[int]
+) -> dict[str, int]:
+    """Give every changed component its visitor id and record ids that stopped being used."""
+    nodes = np.arange(len(labels), dtype=np.int64)
+    if not full:
+        candidates = conn.execute(CANDIDATES_SQL, {"hubs": new_hubs}).fetchnumpy()["node_id"]
+        touched = np.unique(labels[np.asarray(candidates, dtype=np.int64)])
+        nodes = np.flatnonzero(np.isin(labels, touched))
+    temp_table(conn, "component_labels", pa.table({
+        "node_id": nodes, "component": labels[nodes].astype(np.int64),
+    }))
+    conn.execute(COMPONENTS_SQL)
+    conn.execute(CHANGED_SQL)
+    conn.execute(NEW_IDS_SQL)
+    conn.execute("""
+        CREATE OR REPLACE TEMP TABLE node_changes AS
+        SELECT n.node_id, n.old_visitor_id, c.visitor_id
+        FROM node_components n JOIN component_ids c USING (component)
+        WHERE n.old_visitor_id <> c.visitor_id
+    """)
+    # An old id no component kept was merged into the visitor holding most of its identifiers.
+    conn.execute("""
+        CREATE OR REPLACE TEMP TABLE merged_ids AS
+        SELECT old_visitor_id, arg_max(visitor_id, shared) AS visitor_id
+        FROM (SELECT old_visitor_id, visitor_id, count(*) AS shared FROM node_changes
+              WHERE old_visitor_id <> '' GROUP BY ALL)
+        WHERE old_visitor_id NOT IN (SELECT visitor_id FROM component_ids)
+        GROUP BY old_visitor_id
+    """)
+    conn.execute("""
+        UPDATE identity.visitor_id_map m SET visitor_id = g.visitor_id
+        FROM merged_ids g WHERE m.visitor_id = g.old_visitor_id
+    """)
+    conn.execute("""
+        INSERT INTO identity.visitor_id_map
+        SELECT old_visitor_id, visitor_id, 'merged', now() FROM merged_ids
+        UNION ALL
+        SELECT split_from, visitor_id, 'split', now() FROM component_ids WHERE split
+    """)
+    conn.execute("""
+        UPDATE identity.identifiers i SET visitor_id = c.visitor_id
+        FROM node_changes c WHERE i.node_id = c.node_id
+    """)
+    merged, split = conn.execute("""
+        SELECT (SELECT count(*) FROM merged_ids),
+               (SELECT count(*) FROM component_ids WHERE split)
+    """).fetchone()
+    return {"visitors_merged": int(merged), "visitors_split": int(split)}

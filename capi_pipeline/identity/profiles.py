@@ -1,0 +1,230 @@
+"""Events pointed at their visitors, profiles, click attribution and the refused-edge list."""
+
+from __future__ import annotations
+
+import duckdb
+
+from capi_pipeline.identity.rules import KINDS, GraphRules
+
+
+def update_events(conn: duckdb.DuckDBPyConnection, new_hubs: list[int]) -> None:
+    """Point each event at its visitor: the visitor of its most personal identifier that is
+    not a hub, so a purchase made on a shop's kiosk goes to the buyer, not to the kiosk.
+
+    The new days' events were given their most personal identifier; only events carrying a
+    hub need another look: the new days' events with any hub, older ones with a hub found (or
+    cleared) in this run.
+    """
+    hubs = [row[0] for row in conn.execute(
+        "SELECT node_id FROM identity.identifiers WHERE hub_reason IS NOT NULL").fetchall()]
+    conn.execute("""
+        CREATE OR REPLACE TEMP TABLE run_anchors AS
+        SELECT u.event_key,
+               arg_min(u.node_id, list_position($kinds, i.identifier_type)
+                                  + CASE WHEN i.hub_reason IS NULL THEN 0 ELSE 100 END)
+                   AS anchor_node_id
+        FROM (SELECT event_key, unnest(node_ids) AS node_id FROM identity.event_visitors
+              WHERE (partition_date IN (SELECT partition_date FROM run_days)
+                     AND list_has_any(node_ids, $hubs::BIGINT[])){older}) u
+        JOIN identity.identifiers i USING (node_id)
+        GROUP BY u.event_key
+    """.format(older=" OR list_has_any(node_ids, $changed::BIGINT[])" if new_hubs else ""),
+        {"kinds": list(KINDS), "hubs": hubs, **({"changed": new_hubs} if new_hubs else {})})
+    conn.execute("""
+        CREATE OR REPLACE TEMP TABLE touched_nodes AS
+        SELECT node_id FROM node_changes
+        UNION SELECT anchor_node_id FROM run_anchors
+        UNION SELECT anchor_node_id FROM identity.event_visitors
+              WHERE partition_date IN (SELECT partition_date FROM run_days)
+    """)
+    # The visitors that lose or gain events or identifiers get new profiles.
+    conn.execute("""
+        CREATE OR REPLACE TEMP TABLE affected_visitors AS
+        SELECT old_visitor_id AS visitor_id FROM node_changes
+        UNION SELECT visitor_id FROM node_changes
+        UNION SELECT visitor_id FROM dropped_visitors
+        UNION SELECT visitor_id FROM identity.event_visitors
+              WHERE event_key IN (SELECT event_key FROM run_anchors)
+    """)
+    conn.execute("""
+        UPDATE identity.event_visitors e SET anchor_node_id = a.anchor_node_id
+        FROM run_anchors a WHERE e.event_key = a.event_key AND e.anchor_node_id <> a.anchor_node_id
+    """)
+    conn.execute("""
+        UPDATE identity.event_visitors e SET visitor_id = i.visitor_id
+        FROM (SELECT node_id, visitor_id FROM identity.identifiers
+              WHERE node_id IN (SELECT node_id FROM touched_nodes)) i
+        WHERE e.anchor_node_id = i.node_id AND e.visitor_id <> i.visitor_id
+    """)
+    conn.execute("""
+        INSERT INTO affected_visitors
+        SELECT visitor_id FROM identity.identifiers
+        WHERE node_id IN (SELECT anchor_node_id FROM run_anchors)
+    """)
+    # A visitor that only gained events on the days read keeps its history: its profile is
+    # combined with those days' latest values instead of being rebuilt from all its events.
+    conn.execute("""
+        CREATE OR REPLACE TEMP TABLE extended_visitors AS
+        SELECT DISTINCT visitor_id FROM identity.event_visitors
+        WHERE partition_date IN (SELECT partition_date FROM run_days)
+          AND visitor_id NOT IN (SELECT visitor_id FROM affected_visitors)
+    """)
+
+
+PROFILES_SQL = """
+WITH events AS (
+    SELECT visitor_id, event_time, email, phone, first_name, last_name, customer_id, click_id,
+           gender, date_of_birth, advertising_id,
+           CASE WHEN coalesce(city, state, zip, country) IS NOT NULL
+                THEN {{'city': city, 'state': state, 'zip': zip, 'country': country}} END
+               AS address,
+           CASE WHEN action_source = 'web' AND ip IS NOT NULL AND user_agent IS NOT NULL
+                THEN {{'ip': ip, 'user_agent': user_agent}} END AS web
+    FROM identity.event_visitors
+    WHERE {which}
+),
+identifier_counts AS (
+    SELECT visitor_id, count(*) AS identifiers FROM identity.identifiers
+    WHERE visitor_id IN (SELECT visitor_id FROM events) GROUP BY visitor_id
+),
+latest AS (
+    SELECT visitor_id, count(*) AS events, min(event_time) AS first_seen,
+           max(event_time) AS last_seen,
+           arg_max(email, event_time) FILTER (WHERE email IS NOT NULL) AS email,
+           max(event_time) FILTER (WHERE email IS NOT NULL) AS email_seen_at,
+           arg_max(phone, event_time) FILTER (WHERE phone IS NOT NULL) AS phone,
+           max(event_time) FILTER (WHERE phone IS NOT NULL) AS phone_seen_at,
+           arg_max(first_name, event_time) FILTER (WHERE first_name IS NOT NULL) AS first_name,
+           max(event_time) FILTER (WHERE first_name IS NOT NULL) AS first_name_seen_at,
+           arg_max(last_name, event_time) FILTER (WHERE last_name IS NOT NULL) AS last_name,
+           max(event_time) FILTER (WHERE last_name IS NOT NULL) AS last_name_seen_at,
+           max(event_time) FILTER (WHERE coalesce(first_name, last_name) IS NOT NULL)
+               AS name_seen_at,
+           arg_max(address, event_time) FILTER (WHERE address IS NOT NULL) AS address,
+           max(event_time) FILTER (WHERE address IS NOT NULL) AS address_seen_at,
+           arg_max(customer_id, event_time) FILTER (WHERE customer_id IS NOT NULL)
+               AS customer_id,
+           max(event_time) FILTER (WHERE customer_id IS NOT NULL) AS customer_id_seen_at,
+           arg_max(web, event_time) FILTER (WHERE web IS NOT NULL) AS web,
+           max(event_time) FILTER (WHERE web IS NOT NULL) AS web_seen_at,
+           arg_max(click_id, event_time) FILTER (WHERE click_id IS NOT NULL) AS click_id,
+           max(event_time) FILTER (WHERE click_id IS NOT NULL) AS click_id_seen_at,
+           arg_max(gender, event_time) FILTER (WHERE gender IS NOT NULL) AS gender,
+           max(event_time) FILTER (WHERE gender IS NOT NULL) AS gender_seen_at,
+           arg_max(date_of_birth, event_time) FILTER (WHERE date_of_birth IS NOT NULL)
+               AS date_of_birth,
+           max(event_time) FILTER (WHERE date_of_birth IS NOT NULL) AS date_of_birth_seen_at,
+           arg_max(advertising_id, event_time) FILTER (WHERE advertising_id IS NOT NULL)
+               AS advertising_id,
+           max(event_time) FILTER (WHERE advertising_id IS NOT NULL)
+               AS advertising_id_seen_at
+    FROM events GROUP BY visitor_id
+)
+SELECT l.* EXCLUDE (address, web), coalesce(c.identifiers, 0) AS identifiers,
+       l.address.city AS city, l.address.state AS state, l.address.zip AS zip,
+       l.address.country AS country, l.web.ip AS ip, l.web.user_agent AS user_agent
+FROM latest l LEFT JOIN identifier_counts c USING (visitor_id)
+"""
+
+
+# An event's click id is its own, else the visitor's latest click before it within the
+# attribution window: what a conversion days after the landing page is attributed to.
+ATTRIBUTION_SQL = """
+CREATE OR REPLACE TEMP TABLE run_attribution AS
+WITH events AS (
+    SELECT event_key, visitor_id, event_time, click_id FROM identity.event_visitors WHERE {which}
+),
+clicks AS (
+    SELECT visitor_id, event_time AS click_time, click_id FROM identity.event_visitors
+    WHERE click_id IS NOT NULL AND visitor_id IN (SELECT visitor_id FROM events)
+)
+SELECT e.event_key,
+       CASE WHEN e.click_id IS NOT NULL THEN e.click_id
+            WHEN e.event_time - c.click_time <= to_days($window_days) THEN c.click_id END
+           AS attributed_click_id,
+       CASE WHEN e.click_id IS NOT NULL THEN e.event_time
+            WHEN e.event_time - c.click_time <= to_days($window_days) THEN c.click_time END
+           AS attributed_click_at
+FROM events e
+ASOF LEFT JOIN clicks c ON c.visitor_id = e.visitor_id AND e.event_time >= c.click_time
+"""
+
+
+def attribute_clicks(conn: duckdb.DuckDBPyConnection, rules: GraphRules) -> None:
+    """Attribute the days' events, and every event of a visitor whose identifiers changed or
+    who clicked on those days (a click may be carried to its later events)."""
+    conn.execute(
+        ATTRIBUTION_SQL.format(which="""
+            partition_date IN (SELECT partition_date FROM run_days)
+            OR visitor_id IN (SELECT visitor_id FROM affected_visitors)
+            OR visitor_id IN (SELECT visitor_id FROM day_profiles WHERE click_id IS NOT NULL)
+        """),
+        {"window_days": rules.attribution_window_days},
+    )
+    conn.execute("""
+        UPDATE identity.event_visitors e
+        SET attributed_click_id = a.attributed_click_id,
+            attributed_click_at = a.attributed_click_at
+        FROM run_attribution a
+        WHERE e.event_key = a.event_key
+          AND (e.attributed_click_id IS DISTINCT FROM a.attributed_click_id
+               OR e.attributed_click_at IS DISTINCT FROM a.attributed_click_at)
+    """)
+
+
+# Each (value, seen at) of a profile combined with the same from the days read: the later wins.
+LATEST_FIELDS = {
+    "email": "email_seen_at", "phone": "phone_seen_at", "first_name": "first_name_seen_at",
+    "last_name": "last_name_seen_at", "customer_id": "customer_id_seen_at",
+    "click_id": "click_id_seen_at", "gender": "gender_seen_at",
+    "date_of_birth": "date_of_birth_seen_at", "advertising_id": "advertising_id_seen_at",
+    "city": "address_seen_at", "state": "address_seen_at", "zip": "address_seen_at",
+    "country": "address_seen_at", "ip": "web_seen_at", "user_agent": "web_seen_at",
+}
+
+
+def _merge_sql() -> str:
+    later = "d.{seen} IS NOT NULL AND (p.{seen} IS NULL OR d.{seen} >= p.{seen})"
+    values = [
+        f"{field} = CASE WHEN {later.format(seen=seen)} THEN d.{field} ELSE p.{field} END"
+        for field, seen in LATEST_FIELDS.items()
+    ]
+    times = [f"{seen} = greatest(p.{seen}, d.{seen})"
+             for seen in dict.fromkeys([*LATEST_FIELDS.values(), "name_seen_at"])]
+    return (
+        "UPDATE identity.visitor_profiles p SET " + ", ".join(values + times)
+        + ", events = p.events + d.events, first_seen = least(p.first_seen, d.first_seen), "
+        "last_seen = greatest(p.last_seen, d.last_seen) "
+        "FROM day_profiles d WHERE p.visitor_id = d.visitor_id"
+    )
+
+
+def refresh_profiles(conn: duckdb.DuckDBPyConnection) -> None:
+    """Rebuild the profiles of the visitors whose identifiers or events changed (on a full
+    recompute too, so an unchanged visitor's profile is not rewritten), and extend those of
+    visitors that only gained events."""
+    conn.execute("""
+        DELETE FROM identity.visitor_profiles
+        WHERE visitor_id IN (SELECT visitor_id FROM affected_visitors)
+    """)
+    conn.execute("INSERT INTO identity.visitor_profiles BY NAME " + PROFILES_SQL.format(
+        which="visitor_id IN (SELECT visitor_id FROM affected_visitors)"))
+    conn.execute("CREATE OR REPLACE TEMP TABLE day_profiles AS " + PROFILES_SQL.format(
+        which="partition_date IN (SELECT partition_date FROM run_days) "
+              "AND visitor_id IN (SELECT visitor_id FROM extended_visitors)"))
+    conn.execute(_merge_sql())
+
+
+def write_refused_edges(conn: duckdb.DuckDBPyConnection) -> None:
+    conn.execute("DELETE FROM identity.refused_edges")
+    conn.execute("""
+        INSERT INTO identity.refused_edges
+        SELECT e.node_a, e.node_b, coalesce(e.refused_reason, ha.hub_reason, hb.hub_reason),
+               e.events
+        FROM identity.edges e
+        LEFT JOIN (SELECT node_id, hub_reason FROM identity.identifiers
+                   WHERE hub_reason IS NOT NULL) ha ON ha.node_id = e.a_id
+        LEFT JOIN (SELECT node_id, hub_reason FROM identity.identifiers
+                   WHERE hub_reason IS NOT NULL) hb ON hb.node_id = e.b_id
+        WHERE e.refused_reason IS NOT NULL OR ha.node_id IS NOT NULL OR hb.node_id IS NOT NULL
+    """)

@@ -1,0 +1,356 @@
+"""The identity graph over hand-staged events: chains across days, guards, stable ids, merges.
+
+Each test stages a few events per day, runs identity after each day as the pipeline does (only
+the new day is read), and asserts the visitor ids, the refusals and the profiles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import replace
+
+from capi_pipeline_tests.identity_helpers import Graph, at, day
+
+EPIK = "dj0yJnU9bGFuZGluZw"
+
+
+def test_a_chain_across_five_days_is_one_visitor_with_the_latest_contacts():
+    graph = Graph()
+    graph.stage(0, client_id="cookie-1")
+    first = graph.run()
+    assert first["days_read"] == 1 and first["visitors"] == 1
+    visitor = graph.visitor("client:cookie-1")
+
+    days = [
+        [{"client_id": "cookie-1", "email": " Ann.Lee@Example.COM ", "first_name": "Ann"}],
+        [{"client_id": "cookie-2", "email": "ann.lee@example.com"}],
+        [{"client_id": "cookie-2", "phone": "(415) 555-0132", "country": "US"}],
+        # The third cookie arrives alone first (in the app), then with the phone.
+        [{"hour": 8, "client_id": "cookie-3", "action_source": "app_ios", "ip": "198.51.100.9"},
+         {"hour": 9, "client_id": "cookie-3", "phone": "+1 415 555 0132", "last_name": "Lee",
+          "gender": "f", "date_of_birth": "1990-04-02"}],
+    ]
+    for on, events in enumerate(days, start=1):
+        keys = [graph.stage(on, **fields) for fields in events]
+        stats = graph.run()
+        assert stats["days_read"] == 1 and stats["full_recompute"] == 0
+    lone = keys[0]
+
+    keys = ["client:cookie-1", "email:ann.lee@example.com", "client:cookie-2",
+            "phone:+14155550132", "client:cookie-3"]
+    assert {graph.visitor(key) for key in keys} == {visitor}
+    assert graph.event_visitor(lone) == visitor
+    profile = graph.profile(visitor)
+    assert profile["identifiers"] == 5 and profile["events"] == 6
+    assert profile["email"] == "ann.lee@example.com" and profile["email_seen_at"] == at(2)
+    assert profile["phone"] == "+14155550132" and profile["phone_seen_at"] == at(4, 9)
+    assert (profile["first_name"], profile["last_name"]) == ("Ann", "Lee")
+    assert (profile["gender"], profile["date_of_birth"]) == ("f", "1990-04-02")
+    # The app event's IP is not a web visit's: the latest web event's IP is kept.
+    assert profile["ip"] == "203.0.113.7" and profile["web_seen_at"] == at(4, 9)
+    assert profile["first_seen"] == at(0) and profile["last_seen"] == at(4, 9)
+    assert graph.rows("SELECT count(*) FROM identity.visitor_profiles") == [(1,)]
+
+    # Reading the same history at once gives the same visitors.
+    again = Graph()
+    staged = graph.conn.sql("SELECT * FROM staging.events").arrow()  # noqa: F841
+    again.conn.execute("INSERT INTO staging.events SELECT * FROM staged")
+    assert again.run()["days_read"] == 5
+    assert again.grouping() == graph.grouping()
+    assert profiles_by_identifiers(again) == profiles_by_identifiers(graph)
+
+
+def profiles_by_identifiers(graph: Graph) -> dict:
+    """Every profile keyed by its visitor's identifiers, without the visitor id."""
+    cursor = graph.conn.execute("""
+        SELECT p.*, (SELECT list(node_key ORDER BY node_key) FROM identity.identifiers i
+                     WHERE i.visitor_id = p.visitor_id) AS keys
+        FROM identity.visitor_profiles p
+    """)
+    names = [column[0] for column in cursor.description]
+    rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    return {tuple(row.pop("keys")): {k: v for k, v in row.items() if k != "visitor_id"}
+            for row in rows}
+
+
+def test_a_click_id_is_carried_from_the_landing_page_to_a_checkout_within_the_window():
+    graph = Graph()
+    landing = graph.stage(0, client_id="c-land", click_id=EPIK,
+                          event_type="page_view")
+    graph.run()
+    checkout = graph.stage(3, client_id="c-land", email="buyer@example.com",
+                           event_type="purchase")
+    late = graph.stage(40, client_id="c-land", event_type="purchase")
+    graph.run()
+
+    visitor = graph.visitor("client:c-land")
+    assert graph.event_visitor(checkout) == graph.event_visitor(landing) == visitor
+    profile = graph.profile(visitor)
+    assert (profile["click_id"], profile["click_id_seen_at"]) == (EPIK, at(0))
+    attributed = dict(
+        (key, (click, when)) for key, click, when in graph.rows(
+            "SELECT event_key, attributed_click_id, attributed_click_at "
+            "FROM identity.event_visitors"))
+    assert attributed[landing] == (EPIK, at(0))
+    assert attributed[checkout] == (EPIK, at(0))
+    # Forty days later the click is outside the 30-day window.
+    assert attributed[late] == (None, None)
+
+    # A longer window, a rules change: every day is read again and the late purchase is
+    # attributed too.
+    stats = graph.run(attribution_window_days=45)
+    assert stats["full_recompute"] == 1
+    assert graph.rows("SELECT attributed_click_id FROM identity.event_visitors "
+                      "WHERE event_key = ?", late) == [(EPIK,)]
+
+
+def test_junk_identifiers_never_join_anyone():
+    graph = Graph()
+    junk = [
+        {"email": "test@test.com"}, {"email": "Support@Shop.Example.com"},
+        {"phone": "000-000-0000", "country": "US"}, {"phone": "1234567890"},
+        {"client_id": "undefined"}, {"client_id": "null"}, {"client_id": "-----"},
+        {"advertising_id": "00000000-0000-0000-0000-000000000000"}, {"client_id": "   "},
+    ]
+    for n in range(3):
+        for fields in junk:
+            graph.stage(0, hour=n, customer_id=f"person-{n}", **fields)
+    graph.run()
+
+    visitors = {graph.visitor(f"customer:person-{n}") for n in range(3)}
+    assert len(visitors) == 3
+    kinds = {kind for (kind,) in graph.rows(
+        "SELECT DISTINCT identifier_type FROM identity.identifiers")}
+    assert kinds == {"customer"}
+    for visitor in visitors:
+        profile = graph.profile(visitor)
+        assert profile["identifiers"] == 1
+        assert profile["email"] is None and profile["phone"] is None
+
+
+def test_hubs_stop_joining_and_every_refusal_is_explained():
+    graph = Graph()
+    # A shop's kiosk: five people check out on one browser (a person has at most 4).
+    kiosk_events = {
+        n: graph.stage(0, hour=n + 1, client_id="kiosk", email=f"shopper{n}@example.com",
+                       event_type="purchase")
+        for n in range(5)
+    }
+    kiosk_only = graph.stage(0, hour=7, client_id="kiosk")
+    # A made-up address on 26 browsers (a person has at most 25).
+    for n in range(26):
+        graph.stage(1, client_id=f"browser-{n}", email="everyone@example.net")
+    graph.stage(1, client_id="browser-0", phone="+14155550100")
+    graph.run()
+
+    shoppers = {graph.visitor(f"email:shopper{n}@example.com") for n in range(5)}
+    assert len(shoppers) == 5 and graph.visitor("client:kiosk") not in shoppers
+    for n, event in kiosk_events.items():
+        visitor = graph.event_visitor(event)
+        assert visitor == graph.visitor(f"email:shopper{n}@example.com")
+        assert graph.profile(visitor)["email"] == f"shopper{n}@example.com"
+    # The kiosk's own page view belongs to the kiosk, whose profile holds nobody's email.
+    kiosk = graph.event_visitor(kiosk_only)
+    assert kiosk == graph.visitor("client:kiosk")
+    assert graph.profile(kiosk)["email"] is None and graph.profile(kiosk)["identifiers"] == 1
+
+    browsers = {graph.visitor(f"client:browser-{n}") for n in range(26)}
+    assert len(browsers) == 26
+    assert graph.visitor("phone:+14155550100") == graph.visitor("client:browser-0")
+
+    reasons = dict(graph.rows(
+        "SELECT node_key, hub_reason FROM identity.identifiers WHERE hub_reason IS NOT NULL"))
+    assert reasons == {
+        "client:kiosk": "hub: 5 people on one client id, limit 4",
+        "email:everyone@example.net": "hub: on 26 client ids, limit 25",
+    }
+    refused = graph.rows("SELECT least(node_a, node_b), greatest(node_a, node_b), reason "
+                         "FROM identity.refused_edges")
+    assert len(refused) == 5 + 26
+    assert ("client:kiosk", "email:shopper3@example.com",
+            "hub: 5 people on one client id, limit 4") in refused
+    assert all("@" not in reason for _, _, reason in refused)
+
+
+def test_a_hub_found_later_splits_its_visitor_and_the_person_keeps_the_id():
+    graph = Graph()
+    for n in range(4):
+        graph.stage(0, hour=n + 1, client_id="kiosk", email=f"shopper{n}@example.com")
+    graph.run()
+    before = graph.visitor("email:shopper0@example.com")
+    assert {graph.visitor(f"email:shopper{n}@example.com") for n in range(4)} == {before}
+
+    fifth = graph.stage(1, client_id="kiosk", email="shopper4@example.com")
+    stats = graph.run()
+    assert stats["new_hubs"] == 1 and stats["visitors_split"] == 4
+    ids = [graph.visitor(f"email:shopper{n}@example.com") for n in range(5)]
+    assert len(set(ids)) == 5 and graph.visitor("client:kiosk") not in ids
+    # The earliest shopper keeps the id; the others are recorded as split from it.
+    assert ids[0] == before
+    splits = graph.rows("SELECT old_visitor_id, visitor_id, reason FROM identity.visitor_id_map")
+    assert sorted(splits) == sorted(
+        (before, graph.visitor(key), "split") for key in
+        ["client:kiosk", *(f"email:shopper{n}@example.com" for n in range(1, 4))])
+    assert graph.event_visitor(fifth) == ids[4]
+    for n, visitor in enumerate(ids):
+        assert graph.profile(visitor)["email"] == f"shopper{n}@example.com"
+
+
+def test_a_merge_beyond_the_size_limit_is_refused_and_the_check_reports_the_largest(tmp_path):
+    graph = Graph()
+    graph.rules = replace(graph.rules, max_visitor_identifiers=5)
+    # A chain of browsers and addresses, each below the hub limits: c1-e1-c2-e2-c3 ...
+    graph.stage(0, client_id="c1", email="e1@example.com")
+    graph.stage(0, client_id="c2", email="e1@example.com")
+    graph.run()
+    graph.stage(1, client_id="c2", email="e2@example.com")
+    graph.stage(1, client_id="c3", email="e2@example.com")
+    graph.run()
+    graph.stage(2, client_id="c3", email="e3@example.com")
+    stats = graph.run()
+
+    assert stats["size_refused_edges"] == 1
+    chain = {graph.visitor(key) for key in (
+        "client:c1", "email:e1@example.com", "client:c2", "email:e2@example.com", "client:c3")}
+    assert len(chain) == 1
+    assert graph.visitor("email:e3@example.com") not in chain
+    assert graph.rows("SELECT least(node_a, node_b), greatest(node_a, node_b), reason "
+                      "FROM identity.refused_edges") == [
+        ("client:c3", "email:e3@example.com",
+         "size: would join 6 identifiers into one visitor, limit 5")]
+    assert graph.profile(graph.visitor("email:e3@example.com"))["identifiers"] == 1
+
+    # The refusal stays: the same edge seen again does not join.
+    graph.stage(3, client_id="c3", email="e3@example.com")
+    graph.run()
+    assert graph.visitor("email:e3@example.com") not in chain
+
+    # A full recompute (a staged day re-run) replays the days and refuses the same edge.
+    graph.conn.execute("DELETE FROM staging.events WHERE partition_date = ?",
+                       [graph.rows("SELECT max(partition_date) FROM staging.events")[0][0]])
+    assert graph.run()["full_recompute"] == 1
+    assert graph.rows("SELECT least(node_a, node_b), greatest(node_a, node_b) "
+                      "FROM identity.refused_edges") == [
+        ("client:c3", "email:e3@example.com")]
+
+    from capi_pipeline.identity.assets import largest_visitor_is_one_person
+    from capi_pipeline.resources import PipelineSettings, WarehouseResource
+
+    path = tmp_path / "warehouse.duckdb"
+    graph.conn.execute(f"ATTACH '{path}' AS copy")
+    graph.conn.execute("COPY FROM DATABASE memory TO copy")
+    graph.conn.execute("DETACH copy")
+    warehouse = WarehouseResource(database=str(path))
+    ok = largest_visitor_is_one_person(
+        duckdb=warehouse, settings=PipelineSettings(landing_dir=".", max_visitor_identifiers=5))
+    assert ok.passed and ok.metadata["largest_visitor_identifiers"].value == 5
+    failed = largest_visitor_is_one_person(
+        duckdb=warehouse, settings=PipelineSettings(landing_dir=".", max_visitor_identifiers=4))
+    assert not failed.passed
+    assert failed.metadata["largest_visitor_id"].value == next(iter(chain))
+
+
+def test_visitor_ids_stay_put_across_re_runs_and_unrelated_changes():
+    graph = Graph()
+    for n in range(6):
+        graph.stage(n % 3, client_id=f"c{n}", email=f"p{n // 2}@example.com")
+    graph.run()
+    ids = dict(graph.rows("SELECT node_key, visitor_id FROM identity.identifiers"))
+    assert len(set(ids.values())) == 3
+    # The first visitor id of a new component is the hash of its smallest identifier, as
+    # before incremental identity, so ids carried over from the earlier layout stay valid.
+    smallest = min(key for key, value in ids.items() if value == ids["client:c0"])
+    assert ids["client:c0"] == "v_" + hashlib.md5(smallest.encode()).hexdigest()[:16]
+
+    nothing = graph.run()
+    assert nothing["days_read"] == 0
+    assert dict(graph.rows("SELECT node_key, visitor_id FROM identity.identifiers")) == ids
+
+    # Staging re-run with the same rows (new row ids, same content): nothing to read again.
+    signature = "SELECT row_signature FROM identity.graph_days WHERE partition_date = ?"
+    before = graph.rows(signature, day(1))
+    graph.conn.execute("CREATE TEMP TABLE day_one AS SELECT * FROM staging.events "
+                       "WHERE partition_date = ?", [day(1)])
+    graph.conn.execute("DELETE FROM staging.events WHERE partition_date = ?", [day(1)])
+    graph.conn.execute("INSERT INTO staging.events SELECT * FROM day_one")
+    same = graph.run()
+    assert (same["days_read"], same["full_recompute"]) == (0, 0)
+    assert graph.rows(signature, day(1)) != before
+
+    # Re-staging a day with one more, unrelated event rereads it (a full recompute); nobody
+    # else's id moves.
+    graph.stage(1, client_id="stranger")
+    stats = graph.run()
+    assert stats["days_read"] == 1 and stats["full_recompute"] == 1
+    after = dict(graph.rows("SELECT node_key, visitor_id FROM identity.identifiers"))
+    assert {key: after[key] for key in ids} == ids
+    assert after["client:stranger"] not in ids.values()
+    assert graph.rows("SELECT count(*) FROM identity.visitor_id_map") == [(0,)]
+
+
+def test_a_new_edge_merges_visitors_into_the_oldest_and_maps_the_old_ids():
+    graph = Graph()
+    graph.stage(0, client_id="c-old", email="old@example.com", city="Portland", state="OR")
+    graph.run()
+    graph.stage(1, client_id="c-mid", email="mid@example.com")
+    graph.run()
+    lone = graph.stage(2, client_id="c-new", phone="+14155550177")
+    graph.run()
+    oldest, middle, newest = (graph.visitor(key) for key in (
+        "client:c-old", "client:c-mid", "client:c-new"))
+    assert len({oldest, middle, newest}) == 3
+
+    # c-new meets mid's address: the newest visitor merges into the middle one.
+    graph.stage(3, client_id="c-new", email="mid@example.com")
+    stats = graph.run()
+    assert stats["visitors_merged"] == 1
+    assert graph.visitor("client:c-new") == middle
+    assert graph.event_visitor(lone) == middle
+    assert graph.rows("SELECT old_visitor_id, visitor_id, reason FROM identity.visitor_id_map"
+                      ) == [(newest, middle, "merged")]
+    assert graph.rows("SELECT count(*) FROM identity.visitor_profiles WHERE visitor_id = ?",
+                      newest) == [(0,)]
+    assert graph.profile(middle)["phone"] == "+14155550177"
+
+    # Then the middle visitor meets the oldest: everything is the oldest's, and the map points
+    # every old id at the visitor that exists now.
+    graph.stage(4, client_id="c-mid", email="old@example.com")
+    graph.run()
+    assert {graph.visitor(key) for key in ("client:c-old", "client:c-mid", "client:c-new",
+                                           "phone:+14155550177")} == {oldest}
+    assert sorted(graph.rows(
+        "SELECT old_visitor_id, visitor_id, reason FROM identity.visitor_id_map")) == sorted(
+        [(newest, oldest, "merged"), (middle, oldest, "merged")])
+    profile = graph.profile(oldest)
+    assert profile["email"] == "old@example.com" and profile["email_seen_at"] == at(4)
+    assert profile["phone"] == "+14155550177" and profile["city"] == "Portland"
+    assert profile["identifiers"] == 6 and profile["events"] == 5
+    assert graph.rows("SELECT count(*) FROM identity.visitor_profiles") == [(1,)]
+
+    # A day that only adds events to a visitor extends its profile: the same as a rebuild.
+    graph.stage(5, client_id="c-old", first_name="Olga", click_id=EPIK, city="Salem")
+    graph.stage(5, hour=13, client_id="c-mid")
+    assert graph.run()["visitors_merged"] == 0
+    extended = graph.profile(oldest)
+    assert (extended["first_name"], extended["city"], extended["state"]) == (
+        "Olga", "Salem", None)
+    assert extended["events"] == 7 and extended["last_seen"] == at(5, 13)
+    again = Graph()
+    staged = graph.conn.sql("SELECT * FROM staging.events").arrow()  # noqa: F841
+    again.conn.execute("INSERT INTO staging.events SELECT * FROM staged")
+    again.run()
+    assert profiles_by_identifiers(again) == profiles_by_identifiers(graph)
+    assert graph.rows("SELECT attributed_click_id FROM identity.event_visitors "
+                      "ORDER BY event_time DESC LIMIT 1") == [(EPIK,)]
+
+
+def test_an_identity_file_of_the_earlier_layout_is_replaced_and_rebuilt():
+    graph = Graph()
+    for table in ("identifiers", "event_visitors"):
+        graph.conn.execute(f"DROP TABLE identity.{table}")
+    graph.conn.execute("CREATE TABLE identity.identifiers (node_key VARCHAR, visitor_id VARCHAR)")
+    graph.conn.execute("CREATE TABLE identity.event_visitors (event_key VARCHAR)")
+    graph.stage(0, client_id="c1", email="a@example.com")
+    stats = graph.run()
+    assert stats["visitors"] == 1 and stats["full_recompute"] == 1
+    assert graph.visitor("client:c1") == graph.visitor("email:a@example.com")
