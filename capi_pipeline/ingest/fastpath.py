@@ -102,22 +102,29 @@ enveloped AS (
                AS is_envelope
     FROM parsed WHERE v IS NOT NULL
 ),
+unwrapped AS (
+    SELECT *,
+        -- An envelope's body may be an object or a JSON string holding one.
+        CASE WHEN NOT is_envelope THEN rtrim(text, chr(10) || chr(13))
+             WHEN starts_with(v.body, '"') THEN v.body ->> '$'
+             ELSE v.body END AS body
+    FROM enveloped
+),
 bodies AS (
-    SELECT line_no, is_envelope,
+    SELECT line_no, is_envelope, body,
            CASE WHEN is_envelope THEN v.received_at END AS raw_received_at,
            CASE WHEN is_envelope THEN capi_clean(v.ip) END AS envelope_ip,
            CASE WHEN is_envelope THEN capi_clean(v.user_agent) END AS envelope_user_agent,
            CASE WHEN is_envelope THEN coalesce(capi_clean(v.shop_domain), capi_clean(v.store))
                 END AS envelope_store,
            CASE WHEN is_envelope THEN capi_clean(v.topic) END AS topic,
-           CASE WHEN is_envelope THEN v.body ELSE rtrim(text, chr(10) || chr(13)) END AS body,
-           CASE WHEN is_envelope
-                     THEN CASE WHEN starts_with(v.body, '{{')
-                               THEN json_transform(v.body, '{BODY_STRUCTURE}') END
-                ELSE struct_pack({", ".join(f'"{n}" := v."{n}"' for n in _SHAPE_FIELDS)},
+           CASE WHEN NOT is_envelope
+                THEN struct_pack({", ".join(f'"{n}" := v."{n}"' for n in _SHAPE_FIELDS)},
                                  line_items := v.line_items, batch := v.batch)
+                WHEN starts_with(body, '{{') AND json_valid(body)
+                THEN json_transform(body, '{BODY_STRUCTURE}')
            END AS b
-    FROM enveloped
+    FROM unwrapped
 ),
 shaped AS (
     SELECT *,

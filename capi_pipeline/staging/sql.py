@@ -122,7 +122,7 @@ CREATE OR REPLACE TEMP MACRO capi_bounded(a) AS (
 -- (display text with signs, codes and separators) through parse_money.
 CREATE OR REPLACE TEMP MACRO capi_amount_of_text(t) AS (
     CASE WHEN t IS NULL THEN NULL
-         WHEN regexp_full_match(t, '\d{{1,13}}(\.\d{{1,12}})?')
+         WHEN regexp_full_match(t, '\\d{{1,13}}(\\.\\d{{1,12}})?')
               THEN capi_bounded(try_cast(t AS DECIMAL(18, 2)))
          WHEN capi_clean(t) IS NULL THEN NULL
          ELSE capi_bounded(try_cast(split_part(capi_py_money(t, NULL), '|', 1)
@@ -167,9 +167,10 @@ CREATE OR REPLACE TEMP MACRO capi_has_hook_address(a) AS (
         OR a.phone IS NOT NULL));
 """
 
-_COMMON = """source_file, line_no, msg_index, arrival, source_format, source_event_name,
-    event_time, received_at, time_flags, source_event_id, envelope_ip, envelope_user_agent,
-    envelope_store, body"""
+_COMMON = """source_file, line_no, msg_index, source_format, source_event_name,
+    event_time, received_at, time_flags, envelope_ip, envelope_user_agent, envelope_store,
+    coalesce(capi_clean(source_event_id),
+             'h-' || left(sha256(source_format || chr(0) || body), 32)) AS event_id"""
 
 _PIXEL_SELECT = f"""
 SELECT {_COMMON},
@@ -238,8 +239,8 @@ FROM (
         CASE WHEN p.customerPrivacy.marketingAllowed IS NOT NULL
                   OR p.customerPrivacy.saleOfDataAllowed IS NOT NULL
              THEN p.customerPrivacy ELSE p.data.customerPrivacy END AS privacy
-    FROM (SELECT *, json_transform(body, '{PIXEL}') AS p FROM base
-          WHERE source_format = 'shopify_pixel')
+    FROM (SELECT *, json_transform(body, '{PIXEL}') AS p FROM raw.events
+          WHERE partition_date = $1 AND source_format = 'shopify_pixel')
 )
 """
 
@@ -311,8 +312,8 @@ FROM (
     SELECT *, CASE WHEN s.type = 'track' THEN capi_clean(s.event) ELSE s.type END AS name,
         coalesce(s.traits.address, s.context.traits.address) AS addr,
         capi_clean(s.properties.currency) AS hint
-    FROM (SELECT *, json_transform(body, '{SEGMENT}') AS s FROM base
-          WHERE source_format = 'segment')
+    FROM (SELECT *, json_transform(body, '{SEGMENT}') AS s FROM raw.events
+          WHERE partition_date = $1 AND source_format = 'segment')
 )
 """
 
@@ -358,8 +359,8 @@ FROM (
         CASE WHEN capi_has_hook_address(w.billing_address) THEN w.billing_address
              WHEN capi_has_hook_address(w.shipping_address) THEN w.shipping_address
              ELSE w.customer.default_address END AS a
-    FROM (SELECT *, json_transform(body, '{WEBHOOK}') AS w FROM base
-          WHERE source_format = 'shopify_webhook')
+    FROM (SELECT *, json_transform(body, '{WEBHOOK}') AS w FROM raw.events
+          WHERE partition_date = $1 AND source_format = 'shopify_webhook')
 )
 """
 
@@ -400,23 +401,21 @@ SELECT {_COMMON},
                    'quantity': capi_quantity(x.quantity), 'brand': capi_clean(x.brand),
                    'category': capi_clean(x.category)}})
          ELSE [] END AS items,
-    false AS row_is_test
+    false AS row_is_test,
+    coalesce(CASE WHEN json_valid(sp.{_SP_SPIDER})
+                  THEN json_extract_string(sp.{_SP_SPIDER}, '$[0].spiderOrRobot') = 'true' END,
+             false) AS row_is_spider
 FROM (
     SELECT *,
         CASE WHEN json_valid(sp.{_SP_TRANSACTION})
              THEN json_extract(sp.{_SP_TRANSACTION}, '$[0]') END AS transaction
-    FROM (SELECT *, json_transform(body, '{SNOWPLOW}') AS sp FROM base
-          WHERE source_format = 'snowplow')
+    FROM (SELECT *, json_transform(body, '{SNOWPLOW}') AS sp FROM raw.events
+          WHERE partition_date = $1 AND source_format = 'snowplow')
 )
 """
 
 PRE_SQL = f"""
 CREATE OR REPLACE TEMP TABLE _staging_pre AS
-WITH base AS (
-    SELECT *, row_number() OVER (
-        ORDER BY received_at NULLS LAST, source_file, line_no, msg_index) AS arrival
-    FROM raw.events WHERE partition_date = $1
-)
 {_PIXEL_SELECT}
 UNION ALL BY NAME
 {_SEGMENT_SELECT}
@@ -426,15 +425,6 @@ UNION ALL BY NAME
 {_SNOWPLOW_SELECT}
 """
 
-# Spiders flagged by Snowplow's IAB enrichment count as bots as well as listed user agents.
-_SPIDER_SQL = f"""
-CREATE OR REPLACE TEMP TABLE _spiders AS
-SELECT source_file, line_no FROM _staging_pre
-WHERE source_format = 'snowplow'
-  AND json_valid(body ->> '$.{_SP_SPIDER}')
-  AND (body ->> '$.{_SP_SPIDER}') ->> '$[0].spiderOrRobot' = 'true'
-"""
-
 FIELDS = ("customer_id", "email", "phone", "first_name", "last_name", "city", "state", "zip",
           "country", "ip", "user_agent", "click_id", "checkout_token", "cart_token", "value",
           "currency")
@@ -442,6 +432,8 @@ FIELDS = ("customer_id", "email", "phone", "first_name", "last_name", "city", "s
 FINAL_SQL = f"""
 WITH priced AS (
     SELECT * EXCLUDE (items), capi_money_text(money_json) AS money_text,
+        row_number() OVER (ORDER BY received_at NULLS LAST, source_file, line_no, msg_index)
+            AS arrival,
         capi_money_own(money_json) AS money_own,
         list_transform(items, lambda i: {{'id': i.id, 'name': i.name,
             'price_text': capi_money_text(i.price_json), 'quantity': i.quantity,
@@ -475,8 +467,6 @@ typed AS (
         coalesce(p.explicit_click_id, capi_epik(p.page_url)) AS click_id,
         nullif(list_sum(list_transform(p.items, lambda i: coalesce(i.quantity, 0))), 0)::INTEGER
             AS num_items,
-        coalesce(capi_clean(p.source_event_id),
-                 'h-' || left(sha256(p.source_format || chr(0) || p.body), 32)) AS event_id,
         coalesce(capi_clean(p.envelope_store), capi_host(p.page_url), capi_host(p.store_url))
             AS store,
         p.row_is_test OR coalesce(starts_with(capi_url_path(p.page_url), '/password'), false)
@@ -486,12 +476,11 @@ typed AS (
     LEFT JOIN _ip_map ri ON ri.raw = p.row_ip
 ),
 flagged AS (
-    SELECT t.*, coalesce(b.is_bot, false) OR s.line_no IS NOT NULL AS is_bot,
+    SELECT t.*, coalesce(b.is_bot, false) OR coalesce(t.row_is_spider, false) AS is_bot,
         CASE WHEN row_number() OVER (PARTITION BY t.event_id ORDER BY t.arrival) > 1
              THEN t.event_id END AS repeat_of
     FROM typed t
     LEFT JOIN _ua_map b ON b.raw = t.user_agent
-    LEFT JOIN _spiders s ON s.source_file = t.source_file AND s.line_no = t.line_no
 ),
 reports AS (
     SELECT order_id, arrival, event_id,
@@ -587,7 +576,6 @@ def build_staging(conn: duckdb.DuckDBPyConnection, day) -> pa.Table:
     conn.execute(INGEST_MACROS)
     conn.execute(MACROS)
     conn.execute(PRE_SQL, [day])
-    conn.execute(_SPIDER_SQL)
     ips = [row[0] for row in conn.execute(
         "SELECT DISTINCT v FROM (SELECT envelope_ip AS v FROM _staging_pre UNION ALL "
         "SELECT row_ip FROM _staging_pre) WHERE v IS NOT NULL").fetchall()]
@@ -601,5 +589,4 @@ def build_staging(conn: duckdb.DuckDBPyConnection, day) -> pa.Table:
                         "is_bot": pa.array([py.is_bot(ua) for ua in agents], pa.bool_())})
     table = conn.sql(FINAL_SQL, params=[day]).to_arrow_table()
     conn.execute("DROP TABLE _staging_pre")
-    conn.execute("DROP TABLE _spiders")
     return table
