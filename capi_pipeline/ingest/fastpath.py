@@ -50,12 +50,21 @@ _ORDER_TOPICS_SQL = ", ".join(f"'{topic}'" for topic in sorted(ORDER_TOPICS))
 # Macros shared by the ingest and staging queries. `capi_clean` is `normalize.clean` for text:
 # stripped, and NULL for the placeholders websites send for a missing value.
 MACROS = f"""
-CREATE OR REPLACE TEMP MACRO capi_clean(x) AS (
-    CASE WHEN lower(trim(x, ' ' || chr(9) || chr(10) || chr(13) || chr(160) || chr(65279)
-                          || chr(8203)))
+CREATE OR REPLACE TEMP MACRO capi_clean_slow(x) AS (
+    CASE WHEN lower(trim(x, ' ' || chr(9) || chr(10) || chr(11) || chr(12) || chr(13)
+                          || chr(160) || chr(65279) || chr(8203) || chr(8204) || chr(8205)
+                          || chr(8288)))
               IN ({_PLACEHOLDERS_SQL}) THEN NULL
-         ELSE trim(x, ' ' || chr(9) || chr(10) || chr(13) || chr(160) || chr(65279) || chr(8203))
+         ELSE trim(x, ' ' || chr(9) || chr(10) || chr(11) || chr(12) || chr(13) || chr(160)
+                      || chr(65279) || chr(8203) || chr(8204) || chr(8205) || chr(8288))
     END);
+-- Printable ASCII at both ends and a first letter no placeholder starts with (or longer than
+-- any placeholder): the text as it is, without the cost of trimming and comparing.
+CREATE OR REPLACE TEMP MACRO capi_clean(x) AS (
+    CASE WHEN strlen(x) > 0 AND ord(x[1]) BETWEEN 33 AND 126 AND ord(x[-1]) BETWEEN 33 AND 126
+              AND (strlen(x) > 15 OR x[1] NOT IN ('u', 'U', 'n', 'N', '-', '?', '(', '<', '#',
+                                                  '['))
+         THEN x ELSE capi_clean_slow(x) END);
 CREATE OR REPLACE TEMP MACRO capi_iso_time(x) AS (
     CASE WHEN length(x) BETWEEN 20 AND 32 AND x[5] = '-' AND x[11] IN ('T', ' ')
               AND (x[-1] = 'Z' OR (x[-6] IN ('+', '-') AND x[-3] = ':'))
@@ -74,7 +83,8 @@ CREATE OR REPLACE TEMP MACRO capi_epoch_flag(x, n) AS (
          ELSE 'epoch_ns' END);
 -- An integer epoch (any unit by magnitude) or epoch seconds with a fraction, as microseconds.
 CREATE OR REPLACE TEMP MACRO capi_epoch_number(x) AS (
-    CASE WHEN x IS NULL OR NOT (x[1] BETWEEN '0' AND '9') THEN NULL
+    CASE WHEN x IS NULL OR strlen(x) > 24 OR x[5] = '-' OR NOT (x[1] BETWEEN '0' AND '9')
+         THEN NULL
          WHEN contains(x, '.') THEN CASE WHEN try_cast(x AS DECIMAL(18, 6)) < 100000000000
               THEN try_cast(floor(try_cast(x AS DECIMAL(18, 6)) * 1000000) AS HUGEINT) END
          ELSE try_cast(x AS HUGEINT) END);
@@ -105,7 +115,7 @@ enveloped AS (
 unwrapped AS (
     SELECT *,
         -- An envelope's body may be an object or a JSON string holding one.
-        CASE WHEN NOT is_envelope THEN rtrim(text, chr(10) || chr(13))
+        CASE WHEN NOT is_envelope THEN text
              WHEN starts_with(v.body, '"') THEN v.body ->> '$'
              ELSE v.body END AS body
     FROM enveloped

@@ -36,7 +36,6 @@ from capi_pipeline.ingest.landing import (
 )
 from capi_pipeline.ingest.parse import MAX_LINE_BYTES, Message, Rejected, parse_line
 from capi_pipeline.ingest.snowplow import load_snowplow
-from capi_pipeline.lib.duck import insert_frame
 
 BLOCK_BYTES = 32 << 20
 
@@ -232,12 +231,11 @@ def _unreadable(conn, landed: LandedFile, file_id: str, version: int, detail: st
             "DELETE FROM raw.rejected_lines WHERE source_file = ? AND reason = 'unreadable_file'",
             [landed.name],
         )
-        frame = pl.DataFrame([{
+        _insert_rows(conn, [], [{
             "partition_date": day, "source_file": landed.name, "line_no": 0,
             "reason": "unreadable_file", "detail": result.detail,
             "byte_length": min(stat.st_size, 2**31 - 1), "first_bytes": "", "file_id": file_id,
-        }], schema=REJECTED_SCHEMA, orient="row")
-        insert_frame(conn, "raw.rejected_lines", frame)
+        }])
         conn.execute(
             "UPDATE raw.landed_files SET status = 'superseded' WHERE path = ? "
             "AND status = 'unreadable'", [landed.name],
@@ -328,13 +326,22 @@ def _load_lines(conn, landed: LandedFile, file_id: str, hasher, now: datetime,
     undated: list[tuple[int, Rejected]] = []
     for block in read_blocks(landed, hasher):
         array = np.frombuffer(block, dtype=np.uint8)
-        ends = np.flatnonzero(array == 10) + 1
+        newlines = np.flatnonzero(array == 10)
+        ends = newlines + 1
         if not block.endswith(b"\n"):
             ends = np.append(ends, len(block))
         offsets = np.concatenate(([0], ends)).astype(np.int32)
         count = len(ends)
+        # DuckDB gets the lines without their line ends: the block with every "\n" (and a
+        # "\r" just before one) taken out, and offsets moved back by what was taken.
+        cut = np.zeros(len(array), dtype=bool)
+        cut[newlines] = True
+        crlf = newlines[(newlines > 0) & (array[np.maximum(newlines - 1, 0)] == 13)] - 1
+        cut[crlf] = True
+        removed = np.concatenate(([0], np.cumsum(cut)[ends - 1])).astype(np.int32)
         lines = pa.Array.from_buffers(
-            pa.binary(), count, [None, pa.py_buffer(offsets), pa.py_buffer(block)]
+            pa.binary(), count,
+            [None, pa.py_buffer(offsets - removed), pa.py_buffer(array[~cut].tobytes())],
         )
         numbers = np.arange(line_no + 1, line_no + count + 1, dtype=np.int64)
         candidate = (np.diff(offsets) <= MAX_LINE_BYTES + 2) & ~_bad_utf8(block, offsets)
@@ -348,8 +355,9 @@ def _load_lines(conn, landed: LandedFile, file_id: str, hasher, now: datetime,
             "SELECT line_no, partition_date, source_format FROM raw.events "
             "WHERE file_id = ? AND line_no BETWEEN ? AND ?", params=[file_id, first, last],
         ).to_arrow_table()
+        conn.register("fast_rows", fast)
         for day, source_format, events in conn.execute(
-            "SELECT partition_date, source_format, count(*) FROM fast GROUP BY ALL"
+            "SELECT partition_date, source_format, count(*) FROM fast_rows GROUP BY ALL"
         ).fetchall():
             result.dates[day] += events
             result.formats[source_format] += events
@@ -358,6 +366,7 @@ def _load_lines(conn, landed: LandedFile, file_id: str, hasher, now: datetime,
         taken[fast.column("line_no").to_numpy() - first] = True
         slow = np.flatnonzero(~taken) + first
         conn.unregister("chunk_lines")
+        conn.unregister("fast_rows")
         accepted, rejected = [], []
         for number in slow:
             index = int(number) - line_no - 1
@@ -429,11 +438,12 @@ def _python_line(result: FileResult, name: str, file_id: str, number: int, raw: 
 
 
 def _insert_rows(conn, accepted: list[dict], rejected: list[dict]) -> None:
-    if accepted:
-        insert_frame(conn, "raw.events", pl.DataFrame(accepted, schema=RAW_SCHEMA, orient="row"))
-    if rejected:
-        insert_frame(conn, "raw.rejected_lines",
-                     pl.DataFrame(rejected, schema=REJECTED_SCHEMA, orient="row"))
+    for table, rows, schema in (("raw.events", accepted, RAW_SCHEMA),
+                                ("raw.rejected_lines", rejected, REJECTED_SCHEMA)):
+        if rows:
+            conn.register("_python_rows", pl.DataFrame(rows, schema=schema, orient="row"))
+            conn.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _python_rows")
+            conn.unregister("_python_rows")
 
 
 def _row(day, source_file: str, file_id: str, line_no: int, message: Message) -> dict:

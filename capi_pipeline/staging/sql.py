@@ -169,8 +169,8 @@ CREATE OR REPLACE TEMP MACRO capi_has_hook_address(a) AS (
 
 _COMMON = """source_file, line_no, msg_index, source_format, source_event_name,
     event_time, received_at, time_flags, envelope_ip, envelope_user_agent, envelope_store,
-    coalesce(capi_clean(source_event_id),
-             'h-' || left(sha256(source_format || chr(0) || body), 32)) AS event_id"""
+    CASE WHEN capi_clean(source_event_id) IS NOT NULL THEN capi_clean(source_event_id)
+         ELSE 'h-' || left(sha256(source_format || chr(0) || body), 32) END AS event_id"""
 
 _PIXEL_SELECT = f"""
 SELECT {_COMMON},
@@ -579,14 +579,18 @@ def build_staging(conn: duckdb.DuckDBPyConnection, day) -> pa.Table:
     ips = [row[0] for row in conn.execute(
         "SELECT DISTINCT v FROM (SELECT envelope_ip AS v FROM _staging_pre UNION ALL "
         "SELECT row_ip FROM _staging_pre) WHERE v IS NOT NULL").fetchall()]
-    _ip_map = pa.table({"raw": pa.array(ips, pa.string()),  # noqa: F841 - used by name
-                        "ip": pa.array([py.client_ip(ip) for ip in ips], pa.string())})
+    conn.register("_ip_map", pa.table({
+        "raw": pa.array(ips, pa.string()),
+        "ip": pa.array([py.client_ip(ip) for ip in ips], pa.string())}))
     agents = [row[0] for row in conn.execute(
         "SELECT DISTINCT coalesce(capi_clean(envelope_user_agent), capi_clean(row_user_agent)) "
         "FROM _staging_pre WHERE coalesce(capi_clean(envelope_user_agent), "
         "capi_clean(row_user_agent)) IS NOT NULL").fetchall()]
-    _ua_map = pa.table({"raw": pa.array(agents, pa.string()),  # noqa: F841 - used by name
-                        "is_bot": pa.array([py.is_bot(ua) for ua in agents], pa.bool_())})
+    conn.register("_ua_map", pa.table({
+        "raw": pa.array(agents, pa.string()),
+        "is_bot": pa.array([py.is_bot(ua) for ua in agents], pa.bool_())}))
     table = conn.sql(FINAL_SQL, params=[day]).to_arrow_table()
     conn.execute("DROP TABLE _staging_pre")
+    conn.unregister("_ip_map")
+    conn.unregister("_ua_map")
     return table
