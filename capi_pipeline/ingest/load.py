@@ -334,14 +334,15 @@ def _load_lines(conn, landed: LandedFile, file_id: str, hasher, now: datetime,
         count = len(ends)
         # DuckDB gets the lines without their line ends: the block with every "\n" (and a
         # "\r" just before one) taken out, and offsets moved back by what was taken.
-        cut = np.zeros(len(array), dtype=bool)
-        cut[newlines] = True
-        crlf = newlines[(newlines > 0) & (array[np.maximum(newlines - 1, 0)] == 13)] - 1
-        cut[crlf] = True
-        removed = np.concatenate(([0], np.cumsum(cut)[ends - 1])).astype(np.int32)
+        crlf = (newlines > 0) & (array[np.maximum(newlines - 1, 0)] == 13)
+        per_line = np.minimum(np.arange(1, count + 1), len(newlines))
+        carriage = np.cumsum(crlf)
+        if len(carriage) < count:
+            carriage = np.append(carriage, carriage[-1] if len(carriage) else 0)
+        removed = np.concatenate(([0], per_line + carriage)).astype(np.int32)
+        kept = np.delete(array, np.concatenate((newlines, newlines[crlf] - 1)))
         lines = pa.Array.from_buffers(
-            pa.binary(), count,
-            [None, pa.py_buffer(offsets - removed), pa.py_buffer(array[~cut].tobytes())],
+            pa.binary(), count, [None, pa.py_buffer(offsets - removed), pa.py_buffer(kept)],
         )
         numbers = np.arange(line_no + 1, line_no + count + 1, dtype=np.int64)
         candidate = (np.diff(offsets) <= MAX_LINE_BYTES + 2) & ~_bad_utf8(block, offsets)
