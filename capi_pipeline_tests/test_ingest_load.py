@@ -333,3 +333,21 @@ def test_sensor_asks_for_exactly_the_days_new_lines_fall_on(tmp_path):
     _write(landing / "late.ndjson", [_pixel("e-3", "2026-11-28T09:00:00Z")])
     days, cursor, changed = days_to_run(landing, cursor, 600)
     assert (sorted(days), changed) == (["2026-11-28"], 1)
+
+
+def test_sensor_run_requests_name_the_partitions_and_skip_when_nothing_changed(tmp_path):
+    from dagster import SkipReason, build_sensor_context
+
+    from capi_pipeline.ingest.sensors import landing_sensor
+    from capi_pipeline.resources import PipelineSettings
+
+    landing = tmp_path / "l"
+    _write(landing / "a.ndjson", [_pixel("e-1", "2026-12-02T10:00:00Z"),
+                                  _pixel("e-2", "1999-12-31T10:00:00Z")])
+    settings = PipelineSettings(landing_dir=str(landing))
+    result = landing_sensor(build_sensor_context(resources={"settings": settings}))
+    # 1999 is before the partitions start: kept in raw, but no run is asked for it
+    assert [request.partition_key for request in result.run_requests] == ["2026-12-02"]
+    again = landing_sensor(build_sensor_context(cursor=result.cursor,
+                                                resources={"settings": settings}))
+    assert isinstance(again, SkipReason)
