@@ -51,23 +51,22 @@ def generate(path: Path, events: int) -> None:
         raise SystemExit(f"generator gave {written} lines, fewer than {events}")
 
 
-def run_pipeline(source: Path) -> dict:
+def run_pipeline(source: Path, memory_limit: str) -> dict:
     """Land the file and stage every day, in this process; returns figures as a dict."""
     from datetime import UTC, datetime, timedelta
 
     import duckdb
-    import polars as pl
 
     from capi_pipeline.ingest.load import sync_landing
-    from capi_pipeline.lib.duck import ensure_schema, replace_partition
-    from capi_pipeline.staging.assets import STAGING_SCHEMA
-    from capi_pipeline.staging.sql import build_staging
+    from capi_pipeline.lib.duck import ensure_schema
+    from capi_pipeline.staging.sql import write_staging
 
     with tempfile.TemporaryDirectory() as folder:
         landing = Path(folder) / "landing"
         landing.mkdir()
         (landing / "events.ndjson").symlink_to(source.resolve())
-        conn = duckdb.connect(str(Path(folder) / "bench.duckdb"))
+        conn = duckdb.connect(str(Path(folder) / "bench.duckdb"),
+                              config={"memory_limit": memory_limit})
         ensure_schema(conn)
         started = time.perf_counter()
         _, results = sync_landing(conn, landing, datetime.now(UTC), timedelta(minutes=10))
@@ -76,9 +75,7 @@ def run_pipeline(source: Path) -> dict:
         for (day,) in conn.execute(
             "SELECT DISTINCT partition_date FROM raw.events ORDER BY 1"
         ).fetchall():
-            frame = pl.from_arrow(build_staging(conn, day)).select(list(STAGING_SCHEMA))
-            replace_partition(conn, "staging.events", day, frame)
-            staged += frame.height
+            staged += write_staging(conn, day)
         finished = time.perf_counter()
         result = results[0]
         conn.close()
@@ -109,9 +106,10 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _child(kind: str, source: Path) -> dict:
+def _child(kind: str, source: Path, memory_limit: str) -> dict:
     output = subprocess.run(
-        [sys.executable, __file__, "--child", kind, "--file", str(source)],
+        [sys.executable, __file__, "--child", kind, "--file", str(source),
+         "--memory-limit", memory_limit],
         check=True, capture_output=True, text=True,
     ).stdout
     return json.loads(output.strip().splitlines()[-1])
@@ -122,13 +120,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=Path("data/bench-ingest"))
+    parser.add_argument("--memory-limit", default="1GB",
+                        help="DuckDB memory_limit for the pipeline runs (default 1GB)")
     parser.add_argument("--child", choices=["pipeline", "read_json"], help=argparse.SUPPRESS)
     parser.add_argument("--file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.child:
-        figures = run_pipeline(args.file) if args.child == "pipeline" else run_read_json(
-            args.file)
+        figures = (run_pipeline(args.file, args.memory_limit) if args.child == "pipeline"
+                   else run_read_json(args.file))
         print(json.dumps(figures))
         return 0
 
@@ -143,14 +143,14 @@ def main(argv: list[str] | None = None) -> int:
 
     pipeline, bare = [], []
     for run in range(1, args.runs + 1):
-        figures = _child("pipeline", source)
+        figures = _child("pipeline", source, args.memory_limit)
         pipeline.append(figures)
         print(f"run {run}: {figures['events']:,} events ({figures['fast_lines']:,} lines by the "
               f"SQL fast path, {figures['rejected_lines']:,} rejected) in "
               f"{figures['seconds']:.2f} s (ingest {figures['ingest_seconds']:.2f} s, staging "
               f"{figures['staging_seconds']:.2f} s): {figures['events'] / figures['seconds']:,.0f}"
               f" events/s, peak RSS {figures['peak_rss_mb']:,.0f} MB")
-        reference = _child("read_json", source)
+        reference = _child("read_json", source, args.memory_limit)
         bare.append(reference)
         print(f"run {run}: bare read_json {reference['rows']:,} rows in "
               f"{reference['seconds']:.2f} s: {reference['rows'] / reference['seconds']:,.0f} "

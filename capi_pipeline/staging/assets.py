@@ -9,12 +9,11 @@ import orjson
 import polars as pl
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
-from capi_pipeline.lib.duck import replace_partition
 from capi_pipeline.lib.tags import WRITER
 from capi_pipeline.partitions import daily_partitions, partition_day
 from capi_pipeline.resources import WarehouseResource
 from capi_pipeline.staging.extract import content_event_id, extract
-from capi_pipeline.staging.sql import build_staging
+from capi_pipeline.staging.sql import write_staging
 
 ITEM = pl.Struct(
     {
@@ -84,23 +83,26 @@ def staging_events(context: AssetExecutionContext, duckdb: WarehouseResource) ->
     """
     day = partition_day(context.partition_key)
     with duckdb.get_connection() as conn:
-        frame = pl.from_arrow(build_staging(conn, day)).select(list(STAGING_SCHEMA))
-        replace_partition(conn, "staging.events", day, frame)
-
-    live = frame.filter(pl.col("duplicate_of").is_null())
-    duplicates = frame.height - live.height
-    types = Counter(live["event_type"].to_list())
+        rows = write_staging(conn, day)
+        live, bots, tests = conn.execute(
+            "SELECT count(*), count(*) FILTER (WHERE is_bot), count(*) FILTER (WHERE is_test) "
+            "FROM staging.events WHERE partition_date = ? AND duplicate_of IS NULL", [day],
+        ).fetchone()
+        types = Counter(dict(conn.execute(
+            "SELECT event_type, count(*) FROM staging.events WHERE partition_date = ? "
+            "AND duplicate_of IS NULL GROUP BY ALL", [day]).fetchall()))
+    duplicates = rows - live
     context.log.info(
-        f"partition {day}: {frame.height} rows, {live.height} distinct events, "
-        f"{duplicates} duplicates, {live['is_bot'].sum()} from bots, {live['is_test'].sum()} test"
+        f"partition {day}: {rows} rows, {live} distinct events, "
+        f"{duplicates} duplicates, {bots} from bots, {tests} test"
     )
     return MaterializeResult(
         metadata={
-            "dagster/row_count": frame.height,
-            "distinct_events": live.height,
+            "dagster/row_count": rows,
+            "distinct_events": live,
             "duplicates": duplicates,
-            "bots": int(live["is_bot"].sum()),
-            "test_events": int(live["is_test"].sum()),
+            "bots": bots,
+            "test_events": tests,
             "by_event_type": MetadataValue.json(dict(sorted(types.items()))),
         }
     )

@@ -567,8 +567,7 @@ def register(conn: duckdb.DuckDBPyConnection) -> None:
                              null_handling="special", side_effects=False)
 
 
-def build_staging(conn: duckdb.DuckDBPyConnection, day) -> pa.Table:
-    """The staging rows of one UTC day, as an Arrow table in staging.events' columns."""
+def _prepare(conn: duckdb.DuckDBPyConnection, day) -> None:
     from capi_pipeline.ingest.fastpath import MACROS as INGEST_MACROS
 
     conn.execute("SET TimeZone = 'UTC'")
@@ -589,8 +588,36 @@ def build_staging(conn: duckdb.DuckDBPyConnection, day) -> pa.Table:
     conn.register("_ua_map", pa.table({
         "raw": pa.array(agents, pa.string()),
         "is_bot": pa.array([py.is_bot(ua) for ua in agents], pa.bool_())}))
-    table = conn.sql(FINAL_SQL, params=[day]).to_arrow_table()
-    conn.execute("DROP TABLE _staging_pre")
+
+
+def _cleanup(conn: duckdb.DuckDBPyConnection) -> None:
+    conn.execute("DROP TABLE IF EXISTS _staging_pre")
     conn.unregister("_ip_map")
     conn.unregister("_ua_map")
-    return table
+
+
+def build_staging(conn: duckdb.DuckDBPyConnection, day) -> pa.Table:
+    """The staging rows of one UTC day, as an Arrow table (for tests and inspection)."""
+    _prepare(conn, day)
+    try:
+        return conn.sql(FINAL_SQL, params=[day]).to_arrow_table()
+    finally:
+        _cleanup(conn)
+
+
+def write_staging(conn: duckdb.DuckDBPyConnection, day) -> int:
+    """Replace one day of staging.events in one transaction, without leaving DuckDB."""
+    _prepare(conn, day)
+    try:
+        conn.execute("BEGIN TRANSACTION")
+        try:
+            conn.execute("DELETE FROM staging.events WHERE partition_date = ?", [day])
+            conn.execute(f"INSERT INTO staging.events BY NAME {FINAL_SQL}", [day])
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    finally:
+        _cleanup(conn)
+    return conn.execute("SELECT count(*) FROM staging.events WHERE partition_date = ?",
+                        [day]).fetchone()[0]
