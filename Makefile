@@ -36,3 +36,7 @@ screenshots: install
 
 clean:
 	rm -rf data/demo capi_pipeline/dbt_project/target capi_pipeline/dbt_project/logs
+
+.PHONY: bench-ingest
+bench-ingest: install
+	$(UV) run --frozen python benchmarks/ingest_benchmark.py --events 1000000 --runs 3

@@ -11,6 +11,7 @@ from capi_pipeline.delivery.jobs import replay_dead_letters_job
 from capi_pipeline.enrich import assets as enrich
 from capi_pipeline.identity import assets as identity
 from capi_pipeline.ingest import assets as ingest
+from capi_pipeline.ingest.sensors import landing_sensor
 from capi_pipeline.marts import assets as marts
 from capi_pipeline.monitoring import assets as monitoring
 from capi_pipeline.monitoring import checks as monitoring_checks
@@ -60,7 +61,7 @@ defs = Definitions(
     asset_checks=[*load_asset_checks_from_modules(list(STAGES)), *freshness_checks],
     jobs=[daily_pipeline_job, replay_dead_letters_job],
     schedules=[daily_schedule],
-    sensors=[freshness_sensor],
+    sensors=[freshness_sensor, landing_sensor],
     resources={
         **default_resources(),
         "dbt": DbtCliResource(project_dir=marts.dbt_project, dbt_executable=_dbt_executable()),

@@ -5,8 +5,6 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import orjson
-import polars as pl
 from dagster import (
     AssetExecutionContext,
     AssetSpec,
@@ -16,9 +14,7 @@ from dagster import (
     multi_asset,
 )
 
-from capi_pipeline.ingest.landing import UnreadableFile, landing_files, read_lines
-from capi_pipeline.ingest.parse import Message, Rejected, parse_line
-from capi_pipeline.lib.duck import replace_partition
+from capi_pipeline.ingest.load import RAW_SCHEMA, REJECTED_SCHEMA, sync_landing
 from capi_pipeline.lib.tags import WRITER
 from capi_pipeline.partitions import daily_partitions, partition_day
 from capi_pipeline.resources import PipelineSettings, WarehouseResource
@@ -26,32 +22,7 @@ from capi_pipeline.resources import PipelineSettings, WarehouseResource
 RAW_EVENTS = ["raw", "events"]
 RAW_REJECTED = ["raw", "rejected_lines"]
 
-RAW_SCHEMA = {
-    "partition_date": pl.Date,
-    "source_file": pl.String,
-    "line_no": pl.Int32,
-    "msg_index": pl.Int32,
-    "source_format": pl.String,
-    "topic": pl.String,
-    "source_event_name": pl.String,
-    "source_event_id": pl.String,
-    "event_time": pl.Datetime("us", "UTC"),
-    "received_at": pl.Datetime("us", "UTC"),
-    "envelope_ip": pl.String,
-    "envelope_user_agent": pl.String,
-    "envelope_store": pl.String,
-    "time_flags": pl.List(pl.String),
-    "body": pl.String,
-}
-REJECTED_SCHEMA = {
-    "partition_date": pl.Date,
-    "source_file": pl.String,
-    "line_no": pl.Int32,
-    "reason": pl.String,
-    "detail": pl.String,
-    "byte_length": pl.Int32,
-    "first_bytes": pl.String,
-}
+__all__ = ["RAW_SCHEMA", "REJECTED_SCHEMA", "raw_events"]
 
 
 @multi_asset(
@@ -81,18 +52,17 @@ REJECTED_SCHEMA = {
 def raw_events(
     context: AssetExecutionContext, duckdb: WarehouseResource, settings: PipelineSettings
 ):
-    """Read every landing file and keep the lines whose event falls on this partition's day.
+    """Load the landing files that are new or changed, then report this partition's day.
 
-    Each run rereads the whole landing folder, which keeps late lines for an old day from
-    being missed but costs a scan of every file per partition. A manifest of landed files
-    (path, size, content hash) would let a run read only what is new; until it exists, keep
-    the landing folder to the days still being processed.
+    The manifest (raw.landed_files) decides what is read: a file already loaded with the same
+    size and modification time is skipped, the same bytes under another name add nothing, and
+    a changed file is a new version that replaces its earlier rows. Loading a file writes
+    every day its lines fall on, so a late line lands in its own day; the landing sensor
+    requests runs for exactly those days. Re-running a day with no new files changes nothing.
     """
     day = partition_day(context.partition_key)
     now = datetime.now(UTC)
     skew = timedelta(seconds=settings.max_future_skew_seconds)
-    accepted: list[dict] = []
-    rejected: list[dict] = []
     landing = Path(settings.landing_dir)
     if not landing.is_dir():
         raise Failure(
@@ -100,109 +70,63 @@ def raw_events(
             "collectors write their NDJSON files. Nothing was changed.",
             allow_retries=False,
         )
-    files = landing_files(landing)
-
-    for landed in files:
-        try:
-            lines = list(read_lines(landed))
-        except UnreadableFile as error:
-            if landed.landed_on == day:
-                rejected.append(_rejection(day, landed.name, 0, Rejected(
-                    "unreadable_file", str(error)[:200], landed.path.stat().st_size, "")))
-            continue
-        undated: list[tuple[int, Rejected]] = []
-        days: Counter = Counter()
-        for line_no, raw in lines:
-            for result in parse_line(raw, now, skew):
-                if isinstance(result, Message):
-                    days[result.event_time.date()] += 1
-                    if result.event_time.date() == day:
-                        accepted.append(_row(day, landed.name, line_no, result))
-                elif result.event_time is not None:
-                    if result.event_time.date() == day:
-                        rejected.append(_rejection(day, landed.name, line_no, result))
-                else:
-                    undated.append((line_no, result))
-        # A line without a time belongs to the day most of its file's events fall on, which a
-        # file still being appended to does not change; the path's date or the file's
-        # modification day only when nothing in the file has a time.
-        home = days.most_common(1)[0][0] if days else landed.landed_on
-        if home == day:
-            rejected.extend(_rejection(day, landed.name, line_no, result)
-                            for line_no, result in undated)
-
-    events = pl.DataFrame(accepted, schema=RAW_SCHEMA, orient="row")
-    rejections = pl.DataFrame(rejected, schema=REJECTED_SCHEMA, orient="row")
     with duckdb.get_connection() as conn:
-        held = conn.execute("SELECT count(*) FROM raw.events WHERE partition_date = ?",
-                            [day]).fetchone()[0]
-        if held and not accepted and not rejected:
-            # The landing files for this day are gone (moved, purged); the day's rows stay
-            # rather than being replaced by nothing.
-            context.log.warning(
-                f"partition {day}: no landing line falls on this day any more; keeping the "
-                f"{held} rows raw.events already holds"
-            )
-            accepted_count = held
-        else:
-            replace_partition(conn, "raw.events", day, events)
-            replace_partition(conn, "raw.rejected_lines", day, rejections)
-            accepted_count = len(accepted)
+        files, loaded = sync_landing(conn, landing, now, skew)
+        accepted = conn.execute(
+            "SELECT count(*) FROM raw.events WHERE partition_date = ?", [day]).fetchone()[0]
+        formats = dict(conn.execute(
+            "SELECT source_format, count(*) FROM raw.events WHERE partition_date = ? "
+            "GROUP BY ALL ORDER BY 1", [day]).fetchall())
+        reasons = dict(conn.execute(
+            "SELECT reason, count(*) FROM raw.rejected_lines WHERE partition_date = ? "
+            "GROUP BY ALL ORDER BY 1", [day]).fetchall())
 
-    reasons = Counter(row["reason"] for row in rejected)
-    formats = Counter(row["source_format"] for row in accepted)
+    for result in loaded:
+        if result.lines_read != result.lines_accepted + result.lines_rejected:
+            raise Failure(description=f"{result.path}: {result.lines_read} lines read but "
+                          f"{result.lines_accepted} accepted and {result.lines_rejected} "
+                          "rejected; nothing is lost silently, so the run stops here.")
+    rejected = sum(reasons.values())
+    run_reasons: Counter = Counter()
+    for result in loaded:
+        run_reasons.update(result.reasons)
+    statuses = Counter(result.status for result in loaded)
+    lines_read = sum(result.lines_read for result in loaded)
+    lines_accepted = sum(result.lines_accepted for result in loaded)
+    lines_rejected = sum(result.lines_rejected for result in loaded)
     context.log.info(
-        f"partition {day}: {len(files)} files, {len(accepted)} messages accepted, "
-        f"{len(rejected)} lines rejected {dict(reasons)}"
+        f"partition {day}: {len(files)} landing files, {len(loaded)} new or changed "
+        f"({dict(statuses)}); this run read {lines_read} lines: {lines_accepted} accepted, "
+        f"{lines_rejected} rejected {dict(run_reasons)}; the day holds {accepted} events and "
+        f"{rejected} rejected lines"
     )
-    common = {"files_scanned": len(files)}
+    common = {
+        "files_scanned": len(files),
+        "files_loaded": statuses["loaded"],
+        "files_duplicate": statuses["duplicate"],
+        "files_unreadable": statuses["unreadable"],
+        "run_lines_read": lines_read,
+        "run_lines_accepted": lines_accepted,
+        "run_lines_rejected": lines_rejected,
+        "run_rejected_by_reason": MetadataValue.json(dict(sorted(run_reasons.items()))),
+        "run_days_touched": MetadataValue.json(
+            sorted({d.isoformat() for result in loaded for d in result.partitions})),
+    }
     yield MaterializeResult(
         asset_key=RAW_EVENTS,
         metadata={
             **common,
-            "dagster/row_count": accepted_count,
-            "accepted": len(accepted),
-            **{f"format_{name}": count for name, count in sorted(formats.items())},
+            "dagster/row_count": accepted,
+            "accepted": accepted,
+            **{f"format_{name}": count for name, count in formats.items()},
         },
     )
     yield MaterializeResult(
         asset_key=RAW_REJECTED,
         metadata={
             **common,
-            "dagster/row_count": len(rejected),
-            "rejected": len(rejected),
-            "by_reason": MetadataValue.json(dict(sorted(reasons.items()))),
+            "dagster/row_count": rejected,
+            "rejected": rejected,
+            "by_reason": MetadataValue.json(reasons),
         },
     )
-
-
-def _row(day, source_file: str, line_no: int, message: Message) -> dict:
-    return {
-        "partition_date": day,
-        "source_file": source_file,
-        "line_no": line_no,
-        "msg_index": message.msg_index,
-        "source_format": message.source_format,
-        "topic": message.topic,
-        "source_event_name": message.source_event_name,
-        "source_event_id": message.source_event_id,
-        "event_time": message.event_time,
-        "received_at": message.received_at,
-        "envelope_ip": message.envelope_ip,
-        "envelope_user_agent": message.envelope_user_agent,
-        "envelope_store": message.envelope_store,
-        "time_flags": list(message.time_flags),
-        "body": orjson.dumps(message.body).decode(),
-    }
-
-
-def _rejection(day, source_file: str, line_no: int, rejected: Rejected) -> dict:
-    return {
-        "partition_date": day,
-        "source_file": source_file,
-        "line_no": line_no,
-        "reason": rejected.reason,
-        "detail": rejected.detail,
-        "byte_length": rejected.byte_length,
-        "first_bytes": rejected.first_bytes,
-    }

@@ -10,7 +10,11 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-SUFFIXES = (".ndjson", ".jsonl", ".ndjson.gz", ".jsonl.gz")
+LINE_SUFFIXES = (".ndjson", ".jsonl", ".ndjson.gz", ".jsonl.gz")
+# Snowplow enriched events as a warehouse or loader writes them: a header row, then one event
+# per row, comma- or tab-separated.
+TABLE_SUFFIXES = (".csv", ".tsv", ".csv.gz", ".tsv.gz")
+SUFFIXES = LINE_SUFFIXES + TABLE_SUFFIXES
 GZIP_MAGIC = b"\x1f\x8b"
 UTF8_BOM = b"\xef\xbb\xbf"
 _DATE_IN_PATH = re.compile(r"(\d{4}-\d{2}-\d{2})")
@@ -40,6 +44,11 @@ class LandedFile:
 
 class UnreadableFile(Exception):
     """A file whose bytes cannot be read to the end, such as a truncated gzip."""
+
+
+def is_table_file(name: str) -> bool:
+    """Whether a landing file holds a table with a header (Snowplow) rather than lines."""
+    return name.lower().endswith(TABLE_SUFFIXES)
 
 
 def landing_files(landing_dir: Path) -> list[LandedFile]:

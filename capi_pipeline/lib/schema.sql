@@ -37,6 +37,37 @@ CREATE TABLE IF NOT EXISTS raw.rejected_lines (
     first_bytes VARCHAR
 );
 
+-- The landed-files manifest: one row per version of a landing file that ingest looked at.
+-- A file whose size or modification time changed is hashed again; the same bytes (under any
+-- name) add nothing, other bytes under the same name are a new version that replaces the
+-- rows of the one before it. lines_read = lines_accepted + lines_rejected for every version.
+CREATE TABLE IF NOT EXISTS raw.landed_files (
+    file_id VARCHAR NOT NULL,
+    path VARCHAR NOT NULL,
+    version INTEGER NOT NULL,
+    size_bytes BIGINT NOT NULL,
+    mtime_ns BIGINT NOT NULL,
+    content_sha256 VARCHAR NOT NULL,
+    -- loaded, superseded (a later version replaced its rows), duplicate (same bytes as
+    -- duplicate_of, nothing added) or unreadable (truncated gzip, I/O error: no rows).
+    status VARCHAR NOT NULL,
+    duplicate_of VARCHAR,
+    detail VARCHAR,
+    lines_read BIGINT,
+    lines_accepted BIGINT,
+    lines_rejected BIGINT,
+    events BIGINT,
+    first_event_date DATE,
+    last_event_date DATE,
+    event_dates DATE[],
+    landed_at TIMESTAMPTZ NOT NULL,
+    load_seconds DOUBLE
+);
+
+-- Which landed file version each raw row came from (raw.landed_files.file_id).
+ALTER TABLE raw.events ADD COLUMN IF NOT EXISTS file_id VARCHAR;
+ALTER TABLE raw.rejected_lines ADD COLUMN IF NOT EXISTS file_id VARCHAR;
+
 -- One typed event per row. Rows with duplicate_of set repeat an earlier event and are not sent.
 CREATE TABLE IF NOT EXISTS staging.events (
     partition_date DATE NOT NULL,

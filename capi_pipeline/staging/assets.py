@@ -9,11 +9,11 @@ import orjson
 import polars as pl
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
-from capi_pipeline.lib.duck import replace_partition
 from capi_pipeline.lib.tags import WRITER
 from capi_pipeline.partitions import daily_partitions, partition_day
 from capi_pipeline.resources import WarehouseResource
 from capi_pipeline.staging.extract import content_event_id, extract
+from capi_pipeline.staging.sql import write_staging
 
 ITEM = pl.Struct(
     {
@@ -65,16 +65,6 @@ FILLABLE = (
     "currency",
 )
 
-RAW_QUERY = """
-SELECT source_file, line_no, msg_index, source_format, topic, source_event_name,
-       source_event_id, event_time, received_at, envelope_ip, envelope_user_agent,
-       envelope_store, time_flags, body
-FROM raw.events
-WHERE partition_date = ?
-ORDER BY received_at NULLS LAST, source_file, line_no, msg_index
-"""
-
-
 @asset(
     key=["staging", "events"],
     deps=[["raw", "events"]],
@@ -86,40 +76,56 @@ ORDER BY received_at NULLS LAST, source_file, line_no, msg_index
 def staging_events(context: AssetExecutionContext, duckdb: WarehouseResource) -> MaterializeResult:
     """One typed row per event of the day: who (ids, contact, address, IP, user agent), what
     (event type, order, value, items) and flags (bot, test order, duplicate of an earlier event).
+
+    Computed in DuckDB (staging/sql.py) from the day's raw.events; re-running the day gives the
+    same rows. `reference_rows` below is the same logic in Python, kept as the oracle the tests
+    compare the SQL with.
     """
     day = partition_day(context.partition_key)
     with duckdb.get_connection() as conn:
-        cursor = conn.execute(RAW_QUERY, [day])
-        columns = [column[0] for column in cursor.description]
-        messages = [dict(zip(columns, values, strict=True)) for values in cursor.fetchall()]
-
-    rows = [_staging_row(day, message) for message in messages]
-    duplicates = mark_duplicates(rows)
-    frame = pl.DataFrame(rows, schema=STAGING_SCHEMA, orient="row")
-    with duckdb.get_connection() as conn:
-        replace_partition(conn, "staging.events", day, frame)
-
-    live = frame.filter(pl.col("duplicate_of").is_null())
-    types = Counter(live["event_type"].to_list())
-    if types["unreadable"]:
-        context.log.warning(
-            f"partition {day}: {types['unreadable']} events could not be read into columns; "
-            "see staging.events rows with event_type 'unreadable' and their time_flags"
-        )
+        rows = write_staging(conn, day)
+        live, bots, tests = conn.execute(
+            "SELECT count(*), count(*) FILTER (WHERE is_bot), count(*) FILTER (WHERE is_test) "
+            "FROM staging.events WHERE partition_date = ? AND duplicate_of IS NULL", [day],
+        ).fetchone()
+        types = Counter(dict(conn.execute(
+            "SELECT event_type, count(*) FROM staging.events WHERE partition_date = ? "
+            "AND duplicate_of IS NULL GROUP BY ALL", [day]).fetchall()))
+    duplicates = rows - live
     context.log.info(
-        f"partition {day}: {frame.height} rows, {live.height} distinct events, "
-        f"{duplicates} duplicates, {live['is_bot'].sum()} from bots, {live['is_test'].sum()} test"
+        f"partition {day}: {rows} rows, {live} distinct events, "
+        f"{duplicates} duplicates, {bots} from bots, {tests} test"
     )
     return MaterializeResult(
         metadata={
-            "dagster/row_count": frame.height,
-            "distinct_events": live.height,
+            "dagster/row_count": rows,
+            "distinct_events": live,
             "duplicates": duplicates,
-            "bots": int(live["is_bot"].sum()),
-            "test_events": int(live["is_test"].sum()),
+            "bots": bots,
+            "test_events": tests,
             "by_event_type": MetadataValue.json(dict(sorted(types.items()))),
         }
     )
+
+
+RAW_QUERY = """
+SELECT source_file, line_no, msg_index, source_format, topic, source_event_name,
+       source_event_id, event_time, received_at, envelope_ip, envelope_user_agent,
+       envelope_store, time_flags, body
+FROM raw.events
+WHERE partition_date = ?
+ORDER BY received_at NULLS LAST, source_file, line_no, msg_index
+"""
+
+
+def reference_rows(conn, day) -> list[dict[str, Any]]:
+    """The day's staging rows computed row by row in Python (the oracle for the SQL)."""
+    cursor = conn.execute(RAW_QUERY, [day])
+    columns = [column[0] for column in cursor.description]
+    messages = [dict(zip(columns, values, strict=True)) for values in cursor.fetchall()]
+    rows = [_staging_row(day, message) for message in messages]
+    mark_duplicates(rows)
+    return rows
 
 
 def _staging_row(day, message: dict[str, Any]) -> dict[str, Any]:

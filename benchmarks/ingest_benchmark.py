@@ -1,0 +1,168 @@
+"""Ingest + staging throughput on generated landing data, against a bare DuckDB read_json.
+
+    uv run python benchmarks/ingest_benchmark.py --events 1000000 --runs 3
+
+Generates realistic events with the demo generator (Shopify pixel events in the collector
+envelope, Segment calls and batches, order webhooks, with its bad lines, duplicates and late
+events), writes them as one NDJSON file, then for each run, in a fresh process and a fresh
+DuckDB file: lands the file (manifest, fast path, Python fallback: raw.events and
+raw.rejected_lines) and builds staging.events for every day it holds. It prints events per
+second and the peak RSS of the process (DuckDB included), the median of the runs, and the rate
+of `CREATE TABLE AS SELECT * FROM read_json(...)` of the same file into a DuckDB file, timed
+the same way, with the ratio of the two.
+"""
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+LINES_PER_VISITOR_DAY = 6.5  # what the demo generator writes per visitor and day, roughly
+
+
+def generate(path: Path, events: int) -> None:
+    """One NDJSON file of `events` lines from the demo generator (cached by size)."""
+    from capi_pipeline.demo.generate import generate as demo
+
+    if path.exists():
+        return
+    days = 3
+    visitors = max(1, int(events / days / LINES_PER_VISITOR_DAY * 1.1))
+    with tempfile.TemporaryDirectory() as folder:
+        demo(Path(folder), date(2026, 12, 2), days=days, visitors_per_day=visitors, seed=11)
+        written = 0
+        with path.open("wb") as out:
+            import gzip
+            for file in sorted(Path(folder).rglob("*.ndjson*")):
+                opener = gzip.open if file.suffix == ".gz" else open
+                with opener(file, "rb") as handle:
+                    for line in handle:
+                        if written == events:
+                            break
+                        out.write(line if line.endswith(b"\n") else line + b"\n")
+                        written += 1
+    if written < events:
+        raise SystemExit(f"generator gave {written} lines, fewer than {events}")
+
+
+def run_pipeline(source: Path, memory_limit: str) -> dict:
+    """Land the file and stage every day, in this process; returns figures as a dict."""
+    from datetime import UTC, datetime, timedelta
+
+    import duckdb
+
+    from capi_pipeline.ingest.load import sync_landing
+    from capi_pipeline.lib.duck import ensure_schema
+    from capi_pipeline.staging.sql import write_staging
+
+    with tempfile.TemporaryDirectory() as folder:
+        landing = Path(folder) / "landing"
+        landing.mkdir()
+        (landing / "events.ndjson").symlink_to(source.resolve())
+        conn = duckdb.connect(str(Path(folder) / "bench.duckdb"),
+                              config={"memory_limit": memory_limit})
+        ensure_schema(conn)
+        started = time.perf_counter()
+        _, results = sync_landing(conn, landing, datetime.now(UTC), timedelta(minutes=10))
+        landed = time.perf_counter()
+        staged = 0
+        for (day,) in conn.execute(
+            "SELECT DISTINCT partition_date FROM raw.events ORDER BY 1"
+        ).fetchall():
+            staged += write_staging(conn, day)
+        finished = time.perf_counter()
+        result = results[0]
+        conn.close()
+    return {
+        "lines": result.lines_read, "events": result.events, "staged": staged,
+        "rejected_lines": result.lines_rejected, "fast_lines": result.fast_lines,
+        "ingest_seconds": landed - started, "staging_seconds": finished - landed,
+        "seconds": finished - started, "peak_rss_mb": _peak_rss_mb(),
+    }
+
+
+def run_read_json(source: Path) -> dict:
+    import duckdb
+
+    with tempfile.TemporaryDirectory() as folder:
+        conn = duckdb.connect(str(Path(folder) / "bare.duckdb"))
+        started = time.perf_counter()
+        conn.execute(
+            "CREATE TABLE t AS SELECT * FROM read_json(?, format = 'newline_delimited', "
+            "ignore_errors = true, maximum_object_size = 2000000)", [str(source)])
+        seconds = time.perf_counter() - started
+        rows = conn.execute("SELECT count(*) FROM t").fetchone()[0]
+        conn.close()
+    return {"rows": rows, "seconds": seconds, "peak_rss_mb": _peak_rss_mb()}
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _child(kind: str, source: Path, memory_limit: str) -> dict:
+    output = subprocess.run(
+        [sys.executable, __file__, "--child", kind, "--file", str(source),
+         "--memory-limit", memory_limit],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--workdir", type=Path, default=Path("data/bench-ingest"))
+    parser.add_argument("--memory-limit", default="1GB",
+                        help="DuckDB memory_limit for the pipeline runs (default 1GB)")
+    parser.add_argument("--child", choices=["pipeline", "read_json"], help=argparse.SUPPRESS)
+    parser.add_argument("--file", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.child:
+        figures = (run_pipeline(args.file, args.memory_limit) if args.child == "pipeline"
+                   else run_read_json(args.file))
+        print(json.dumps(figures))
+        return 0
+
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    source = args.workdir / f"events-{args.events}.ndjson"
+    started = time.perf_counter()
+    generate(source, args.events)
+    size_mb = source.stat().st_size / 1e6
+    print(f"file: {source} ({args.events:,} lines, {size_mb:,.0f} MB, "
+          f"{size_mb * 1e6 / args.events:,.0f} bytes a line; ready in "
+          f"{time.perf_counter() - started:.0f} s)")
+
+    pipeline, bare = [], []
+    for run in range(1, args.runs + 1):
+        figures = _child("pipeline", source, args.memory_limit)
+        pipeline.append(figures)
+        print(f"run {run}: {figures['events']:,} events ({figures['fast_lines']:,} lines by the "
+              f"SQL fast path, {figures['rejected_lines']:,} rejected) in "
+              f"{figures['seconds']:.2f} s (ingest {figures['ingest_seconds']:.2f} s, staging "
+              f"{figures['staging_seconds']:.2f} s): {figures['events'] / figures['seconds']:,.0f}"
+              f" events/s, peak RSS {figures['peak_rss_mb']:,.0f} MB")
+        reference = _child("read_json", source, args.memory_limit)
+        bare.append(reference)
+        print(f"run {run}: bare read_json {reference['rows']:,} rows in "
+              f"{reference['seconds']:.2f} s: {reference['rows'] / reference['seconds']:,.0f} "
+              f"rows/s, peak RSS {reference['peak_rss_mb']:,.0f} MB")
+
+    rate = statistics.median(f["events"] / f["seconds"] for f in pipeline)
+    bare_rate = statistics.median(f["rows"] / f["seconds"] for f in bare)
+    peak = statistics.median(f["peak_rss_mb"] for f in pipeline)
+    print(f"median of {args.runs}: ingest + staging {rate:,.0f} events/s, peak RSS {peak:,.0f} MB; "
+          f"bare read_json {bare_rate:,.0f} rows/s; ratio {rate / bare_rate:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

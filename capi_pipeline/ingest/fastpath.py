@@ -1,0 +1,229 @@
+"""The SQL fast path of ingest: lines DuckDB can read with certainty, in bulk.
+
+A chunk of a landing file's lines arrives as an Arrow table `(line_no, line)` of raw bytes.
+One query decodes them, parses the JSON once (`json_transform`), recognises the envelope and
+the three JSON shapes by the same rules as `parse.detect_shape`, and reads the event time
+when it is one of the plain forms: ISO 8601 with `Z` or an offset and at most microseconds,
+or an integer epoch in seconds, milliseconds, microseconds or nanoseconds (seconds may carry a
+fraction). Everything else goes to the Python parser (`parse.parse_line`) so that the odd
+lines keep exactly its rules and rejection reasons: bad UTF-8, invalid JSON, anything that is
+not an object, lines over 1 MB, envelopes with a string body, Segment batches, unknown or
+ambiguous shapes, naive or odd times, missing times and clocks ahead of the limit.
+"""
+
+from capi_pipeline.ingest.parse import ORDER_TOPICS, SEGMENT_TYPES
+
+_SHAPE_FIELDS = (
+    # pixel
+    "clientId", "name", "id", "timestamp",
+    # segment
+    "type", "anonymousId", "userId", "messageId", "event", "sentAt", "receivedAt",
+    "originalTimestamp",
+    # webhook
+    "order_number", "checkout_token", "financial_status", "cancelled_at", "processed_at",
+    "created_at", "updated_at",
+)
+_ENVELOPE_FIELDS = ("received_at", "ip", "user_agent", "topic", "shop_domain", "store")
+
+
+def _structure(fields: tuple[str, ...], extra: dict[str, str]) -> str:
+    parts = [f'"{name}":"VARCHAR"' for name in fields]
+    parts += [f'"{name}":"{kind}"' for name, kind in extra.items()]
+    return "{" + ",".join(parts) + "}"
+
+
+LINE_STRUCTURE = _structure(
+    tuple(dict.fromkeys(_SHAPE_FIELDS + _ENVELOPE_FIELDS)),
+    {"body": "JSON", "batch": "JSON", "line_items": "JSON"},
+)
+BODY_STRUCTURE = _structure(_SHAPE_FIELDS, {"line_items": "JSON", "batch": "JSON"})
+
+_PLACEHOLDERS_SQL = ", ".join(
+    f"'{text}'" for text in sorted(
+        {"", "-", "--", "?", "undefined", "null", "(null)", "<null>", "nil", "none", "nan",
+         "n/a", "#n/a", "unknown", "[object object]"}
+    )
+)
+_SEGMENT_TYPES_SQL = ", ".join(f"'{kind}'" for kind in sorted(SEGMENT_TYPES))
+_ORDER_TOPICS_SQL = ", ".join(f"'{topic}'" for topic in sorted(ORDER_TOPICS))
+
+# Macros shared by the ingest and staging queries. `capi_clean` is `normalize.clean` for text:
+# stripped, and NULL for the placeholders websites send for a missing value.
+MACROS = f"""
+CREATE OR REPLACE TEMP MACRO capi_clean_slow(x) AS (
+    CASE WHEN lower(trim(x, ' ' || chr(9) || chr(10) || chr(11) || chr(12) || chr(13)
+                          || chr(160) || chr(65279) || chr(8203) || chr(8204) || chr(8205)
+                          || chr(8288)))
+              IN ({_PLACEHOLDERS_SQL}) THEN NULL
+         ELSE trim(x, ' ' || chr(9) || chr(10) || chr(11) || chr(12) || chr(13) || chr(160)
+                      || chr(65279) || chr(8203) || chr(8204) || chr(8205) || chr(8288))
+    END);
+-- Printable ASCII at both ends and a first letter no placeholder starts with (or longer than
+-- any placeholder): the text as it is, without the cost of trimming and comparing.
+CREATE OR REPLACE TEMP MACRO capi_clean(x) AS (
+    CASE WHEN strlen(x) > 0 AND ord(x[1]) BETWEEN 33 AND 126 AND ord(x[-1]) BETWEEN 33 AND 126
+              AND (strlen(x) > 15 OR x[1] NOT IN ('u', 'U', 'n', 'N', '-', '?', '(', '<', '#',
+                                                  '['))
+         THEN x ELSE capi_clean_slow(x) END);
+CREATE OR REPLACE TEMP MACRO capi_iso_time(x) AS (
+    CASE WHEN length(x) BETWEEN 20 AND 32 AND x[5] = '-' AND x[11] IN ('T', ' ')
+              AND (x[-1] = 'Z' OR (x[-6] IN ('+', '-') AND x[-3] = ':'))
+         THEN try_cast(x AS TIMESTAMPTZ) END);
+CREATE OR REPLACE TEMP MACRO capi_epoch_us(n) AS (
+    CASE WHEN n < 100000000000 THEN n * 1000000
+         WHEN n < 100000000000000 THEN n * 1000
+         WHEN n < 100000000000000000 THEN n
+         ELSE n // 1000 END);
+CREATE OR REPLACE TEMP MACRO capi_epoch_flag(x, n) AS (
+    CASE WHEN n IS NULL THEN NULL
+         WHEN contains(x, '.') THEN 'epoch_s'
+         WHEN n < 100000000000 THEN 'epoch_s'
+         WHEN n < 100000000000000 THEN 'epoch_ms'
+         WHEN n < 100000000000000000 THEN 'epoch_us'
+         ELSE 'epoch_ns' END);
+-- An integer epoch (any unit by magnitude) or epoch seconds with a fraction, as microseconds.
+CREATE OR REPLACE TEMP MACRO capi_epoch_number(x) AS (
+    CASE WHEN x IS NULL OR strlen(x) > 24 OR x[5] = '-' OR NOT (x[1] BETWEEN '0' AND '9')
+         THEN NULL
+         WHEN contains(x, '.') THEN CASE WHEN try_cast(x AS DECIMAL(18, 6)) < 100000000000
+              THEN try_cast(floor(try_cast(x AS DECIMAL(18, 6)) * 1000000) AS HUGEINT) END
+         ELSE try_cast(x AS HUGEINT) END);
+CREATE OR REPLACE TEMP MACRO capi_time_of(x, n) AS (
+    CASE WHEN n IS NULL THEN capi_iso_time(x)
+         WHEN contains(x, '.') THEN try_cast(make_timestamp(n::BIGINT) AS TIMESTAMPTZ)
+         ELSE try_cast(make_timestamp(capi_epoch_us(n)::BIGINT) AS TIMESTAMPTZ) END);
+CREATE OR REPLACE TEMP MACRO capi_time(x) AS (capi_time_of(x, capi_epoch_number(x)));
+CREATE OR REPLACE TEMP MACRO capi_in_window(t) AS (
+    t >= TIMESTAMPTZ '1990-01-01 00:00:00+00' AND t < TIMESTAMPTZ '2101-01-01 00:00:00+00');
+"""
+
+# $1: file_id, $2: source file name, $3: now, $4: allowed skew in microseconds.
+FAST_SQL = f"""
+WITH parsed AS (
+    SELECT line_no, text, json_transform(text, '{LINE_STRUCTURE}') AS v
+    FROM (SELECT line_no, decode(line, 'replace') AS text FROM chunk_lines
+          WHERE fast_candidate)
+    WHERE starts_with(text, '{{') AND json_valid(text)
+),
+enveloped AS (
+    SELECT line_no, text, v,
+           v.body IS NOT NULL AND (v.received_at IS NOT NULL OR v.ip IS NOT NULL
+               OR v.user_agent IS NOT NULL OR v.topic IS NOT NULL OR v.shop_domain IS NOT NULL)
+               AS is_envelope
+    FROM parsed WHERE v IS NOT NULL
+),
+unwrapped AS (
+    SELECT *,
+        -- An envelope's body may be an object or a JSON string holding one.
+        CASE WHEN NOT is_envelope THEN text
+             WHEN starts_with(v.body, '"') THEN v.body ->> '$'
+             ELSE v.body END AS body
+    FROM enveloped
+),
+bodies AS (
+    SELECT line_no, is_envelope, body,
+           CASE WHEN is_envelope THEN v.received_at END AS raw_received_at,
+           CASE WHEN is_envelope THEN capi_clean(v.ip) END AS envelope_ip,
+           CASE WHEN is_envelope THEN capi_clean(v.user_agent) END AS envelope_user_agent,
+           CASE WHEN is_envelope THEN coalesce(capi_clean(v.shop_domain), capi_clean(v.store))
+                END AS envelope_store,
+           CASE WHEN is_envelope THEN capi_clean(v.topic) END AS topic,
+           CASE WHEN NOT is_envelope
+                THEN struct_pack({", ".join(f'"{n}" := v."{n}"' for n in _SHAPE_FIELDS)},
+                                 line_items := v.line_items, batch := v.batch)
+                WHEN starts_with(body, '{{') AND json_valid(body)
+                THEN json_transform(body, '{BODY_STRUCTURE}')
+           END AS b
+    FROM unwrapped
+),
+shaped AS (
+    SELECT *,
+        (b.clientId IS NOT NULL AND b.name IS NOT NULL
+            AND (b.timestamp IS NOT NULL OR b.id IS NOT NULL)) AS is_pixel,
+        (b.type IN ({_SEGMENT_TYPES_SQL})
+            AND (b.anonymousId IS NOT NULL OR b.userId IS NOT NULL OR b.messageId IS NOT NULL))
+            AS is_segment,
+        (b.line_items IS NOT NULL AND (b.order_number IS NOT NULL
+            OR b.checkout_token IS NOT NULL OR b.financial_status IS NOT NULL)) AS is_webhook,
+        capi_time(raw_received_at) AS received_at
+    FROM bodies WHERE b IS NOT NULL AND b.batch IS NULL
+),
+typed AS (
+    SELECT *,
+        CASE WHEN is_pixel THEN 'shopify_pixel' WHEN is_segment THEN 'segment'
+             ELSE 'shopify_webhook' END AS source_format,
+        CASE WHEN is_webhook THEN
+            CASE WHEN topic IN ({_ORDER_TOPICS_SQL}) THEN topic
+                 WHEN capi_clean(b.cancelled_at) IS NOT NULL THEN 'orders/cancelled'
+                 ELSE 'orders/create' END
+        END AS webhook_topic
+    FROM shaped
+    WHERE is_pixel::INT + is_segment::INT + is_webhook::INT = 1
+      AND (NOT is_envelope OR received_at IS NOT NULL)
+),
+raw_timed AS (
+    SELECT *,
+        CASE source_format
+            WHEN 'shopify_pixel' THEN b.timestamp
+            WHEN 'segment' THEN coalesce(b.timestamp, b.originalTimestamp)
+            ELSE coalesce(
+                CASE WHEN webhook_topic = 'orders/cancelled' THEN nullif(b.cancelled_at, '') END,
+                nullif(b.processed_at, ''), nullif(b.created_at, ''), nullif(b.updated_at, ''))
+        END AS raw_time,
+        CASE WHEN source_format = 'segment' THEN capi_time(b.receivedAt) END AS body_received,
+        CASE WHEN source_format = 'segment' THEN capi_time(b.sentAt) END AS segment_sent
+    FROM typed
+),
+numbered AS (
+    SELECT *, capi_epoch_number(raw_time) AS raw_number,
+           coalesce(body_received, received_at) AS segment_received
+    FROM raw_timed
+    WHERE (b.sentAt IS NULL OR segment_sent IS NOT NULL)
+      AND (b.receivedAt IS NULL OR body_received IS NOT NULL)
+),
+clocked AS (
+    SELECT *, capi_time_of(raw_time, raw_number) AS device_time,
+           segment_sent IS NOT NULL AND segment_received IS NOT NULL AS corrected
+    FROM numbered
+),
+final AS (
+    SELECT *,
+        CASE WHEN corrected THEN segment_received - (segment_sent - device_time)
+             ELSE device_time END AS event_time,
+        list_sort(list_filter([capi_epoch_flag(raw_time, raw_number),
+              CASE WHEN corrected THEN 'clock_corrected' END], lambda f: f IS NOT NULL))
+              AS time_flags
+    FROM clocked
+    WHERE device_time IS NOT NULL AND capi_in_window(device_time)
+)
+SELECT
+    CAST(event_time AS DATE) AS partition_date,
+    $2 AS source_file,
+    line_no::INTEGER AS line_no,
+    0 AS msg_index,
+    source_format,
+    topic,
+    CASE source_format
+        WHEN 'shopify_pixel' THEN capi_clean(b.name)
+        WHEN 'segment' THEN CASE WHEN b.type = 'track' THEN capi_clean(b.event) ELSE b.type END
+        ELSE webhook_topic END AS source_event_name,
+    CASE source_format
+        WHEN 'shopify_pixel' THEN capi_clean(b.id)
+        WHEN 'segment' THEN capi_clean(b.messageId)
+        ELSE CASE WHEN capi_clean(b.id) IS NOT NULL
+                  THEN 'order-' || capi_clean(b.id) || '-' || split_part(webhook_topic, '/', 2)
+                  END
+    END AS source_event_id,
+    event_time,
+    received_at,
+    envelope_ip,
+    envelope_user_agent,
+    envelope_store,
+    time_flags,
+    body,
+    $1 AS file_id
+FROM final
+WHERE capi_in_window(event_time)
+  AND (received_at IS NULL OR capi_in_window(received_at))
+  AND event_time <= coalesce(received_at, $3::TIMESTAMPTZ) + to_microseconds($4::BIGINT)
+"""

@@ -1,0 +1,481 @@
+"""Landing files into raw.events and raw.rejected_lines, once per file version.
+
+`sync_landing` compares the landing folder with the manifest (`raw.landed_files`) and loads
+only what is new or changed. A file is read as a stream of blocks (gzip decompressed on the
+way), hashed as it is read, split into lines with numpy, and each block's lines go to DuckDB
+as one Arrow table: the SQL fast path (`fastpath.FAST_SQL`) accepts the lines it is sure of
+and the Python parser (`parse.parse_line`) takes the rest, so every line ends as events or a
+rejection with its reason. One file version is one transaction: a truncated gzip or a read
+error rolls back everything the file had added and is recorded as `unreadable`.
+"""
+
+import gzip
+import hashlib
+import time
+import zlib
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import orjson
+import polars as pl
+import pyarrow as pa
+
+from capi_pipeline.ingest.fastpath import FAST_SQL, MACROS
+from capi_pipeline.ingest.landing import (
+    GZIP_MAGIC,
+    UTF8_BOM,
+    LandedFile,
+    UnreadableFile,
+    is_table_file,
+    landing_files,
+)
+from capi_pipeline.ingest.parse import MAX_LINE_BYTES, Message, Rejected, parse_line
+from capi_pipeline.ingest.snowplow import load_snowplow
+
+BLOCK_BYTES = 32 << 20
+
+RAW_SCHEMA = {
+    "partition_date": pl.Date,
+    "source_file": pl.String,
+    "line_no": pl.Int32,
+    "msg_index": pl.Int32,
+    "source_format": pl.String,
+    "topic": pl.String,
+    "source_event_name": pl.String,
+    "source_event_id": pl.String,
+    "event_time": pl.Datetime("us", "UTC"),
+    "received_at": pl.Datetime("us", "UTC"),
+    "envelope_ip": pl.String,
+    "envelope_user_agent": pl.String,
+    "envelope_store": pl.String,
+    "time_flags": pl.List(pl.String),
+    "body": pl.String,
+    "file_id": pl.String,
+}
+REJECTED_SCHEMA = {
+    "partition_date": pl.Date,
+    "source_file": pl.String,
+    "line_no": pl.Int32,
+    "reason": pl.String,
+    "detail": pl.String,
+    "byte_length": pl.Int32,
+    "first_bytes": pl.String,
+    "file_id": pl.String,
+}
+
+
+@dataclass
+class FileResult:
+    """What loading one landing file did; lines_read == lines_accepted + lines_rejected."""
+
+    path: str
+    status: str
+    file_id: str | None = None
+    version: int = 0
+    lines_read: int = 0
+    lines_accepted: int = 0
+    lines_rejected: int = 0
+    events: int = 0
+    fast_lines: int = 0
+    reasons: Counter = field(default_factory=Counter)
+    formats: Counter = field(default_factory=Counter)
+    dates: Counter = field(default_factory=Counter)
+    detail: str | None = None
+
+    @property
+    def partitions(self) -> set[date]:
+        """Every UTC day this file added rows (events or rejections) to."""
+        return set(self.dates)
+
+
+@dataclass
+class _Known:
+    path: str
+    version: int
+    size: int
+    mtime_ns: int
+    sha256: str
+    status: str
+
+
+def sync_landing(
+    conn: duckdb.DuckDBPyConnection, landing_dir: Path, now: datetime, skew: timedelta,
+) -> tuple[list[LandedFile], list[FileResult]]:
+    """Load every landing file that is new or changed since the manifest last saw it."""
+    files = landing_files(landing_dir)
+    known = _known_files(conn)
+    results = []
+    for landed in files:
+        stat = landed.path.stat()
+        previous = known.get(landed.name)
+        if previous and (previous.size, previous.mtime_ns) == (stat.st_size, stat.st_mtime_ns):
+            continue
+        results.append(load_file(conn, landed, previous, now, skew))
+    return files, results
+
+
+def _known_files(conn: duckdb.DuckDBPyConnection) -> dict[str, _Known]:
+    rows = conn.execute(
+        """SELECT path, version, size_bytes, mtime_ns, content_sha256, status
+           FROM raw.landed_files WHERE status <> 'superseded'
+           QUALIFY row_number() OVER (PARTITION BY path ORDER BY version DESC) = 1"""
+    ).fetchall()
+    return {row[0]: _Known(*row) for row in rows}
+
+
+def load_file(
+    conn: duckdb.DuckDBPyConnection, landed: LandedFile, previous: "_Known | None",
+    now: datetime, skew: timedelta,
+) -> FileResult:
+    """Load one file version in one transaction, or record why it could not be loaded."""
+    started = time.perf_counter()
+    stat = landed.path.stat()
+    version = (previous.version + 1) if previous else 1
+    file_id = f"{landed.name}@{version}"
+    conn.execute("SET TimeZone = 'UTC'")
+    conn.execute(MACROS)
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        _retire(conn, landed.name)
+        hasher = hashlib.sha256()
+        if is_table_file(landed.name):
+            result = load_snowplow(conn, landed, file_id, hasher)
+        else:
+            result = _load_lines(conn, landed, file_id, hasher, now, skew)
+        result.version = version
+        sha = hasher.hexdigest()
+        twin = _same_content(conn, sha, landed.name)
+        if previous is not None and previous.sha256 == sha and previous.status == "loaded":
+            # Touched but not changed: keep the rows already loaded, note the new stat.
+            conn.execute("ROLLBACK")
+            conn.execute(
+                "UPDATE raw.landed_files SET size_bytes = ?, mtime_ns = ? WHERE file_id = ?",
+                [stat.st_size, stat.st_mtime_ns, f"{landed.name}@{previous.version}"],
+            )
+            return FileResult(landed.name, "unchanged", f"{landed.name}@{previous.version}",
+                              previous.version)
+        if twin is not None:
+            conn.execute("ROLLBACK")
+            conn.execute("BEGIN TRANSACTION")
+            _retire(conn, landed.name)
+            result = FileResult(landed.name, "duplicate", file_id, version,
+                                detail=f"same bytes as {twin}")
+            _record(conn, result, stat, sha, started, duplicate_of=twin)
+            conn.execute("COMMIT")
+            return result
+        result.status = "loaded"
+        _record(conn, result, stat, sha, started)
+        conn.execute("COMMIT")
+        return result
+    except UnreadableFile as error:
+        conn.execute("ROLLBACK")
+        return _unreadable(conn, landed, file_id, version, str(error), stat, started)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _retire(conn: duckdb.DuckDBPyConnection, name: str) -> None:
+    """A new version of a file replaces every row the earlier versions of it added."""
+    conn.execute("DELETE FROM raw.events WHERE source_file = ?", [name])
+    conn.execute("DELETE FROM raw.rejected_lines WHERE source_file = ?", [name])
+    conn.execute(
+        "UPDATE raw.landed_files SET status = 'superseded' WHERE path = ? "
+        "AND status <> 'superseded'", [name],
+    )
+
+
+def _same_content(conn: duckdb.DuckDBPyConnection, sha: str, name: str) -> str | None:
+    row = conn.execute(
+        "SELECT path FROM raw.landed_files WHERE content_sha256 = ? AND status = 'loaded' "
+        "AND path <> ? LIMIT 1", [sha, name],
+    ).fetchone()
+    return row[0] if row else None
+
+
+def _record(conn, result: FileResult, stat, sha: str, started: float,
+            duplicate_of: str | None = None) -> None:
+    dates = sorted(result.dates)
+    conn.execute(
+        """INSERT INTO raw.landed_files (file_id, path, version, size_bytes, mtime_ns,
+               content_sha256, status, duplicate_of, detail, lines_read, lines_accepted,
+               lines_rejected, events, first_event_date, last_event_date, event_dates,
+               landed_at, load_seconds)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+        [result.file_id, result.path, result.version, stat.st_size, stat.st_mtime_ns, sha,
+         result.status, duplicate_of, result.detail, result.lines_read, result.lines_accepted,
+         result.lines_rejected, result.events, dates[0] if dates else None,
+         dates[-1] if dates else None, dates, datetime.now(UTC),
+         time.perf_counter() - started],
+    )
+
+
+def _unreadable(conn, landed: LandedFile, file_id: str, version: int, detail: str, stat,
+                started: float) -> FileResult:
+    """Record a file that cannot be read to its end; none of its lines are kept."""
+    day = landed.landed_on
+    result = FileResult(landed.name, "unreadable", file_id, version, lines_rejected=0,
+                        detail=detail[:200])
+    result.reasons["unreadable_file"] += 1
+    result.dates[day] += 1
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        # The rows of an earlier, readable version stay: a file caught half-written is read
+        # again when it changes, and only then replaces them.
+        conn.execute(
+            "DELETE FROM raw.rejected_lines WHERE source_file = ? AND reason = 'unreadable_file'",
+            [landed.name],
+        )
+        _insert_rows(conn, [], [{
+            "partition_date": day, "source_file": landed.name, "line_no": 0,
+            "reason": "unreadable_file", "detail": result.detail,
+            "byte_length": min(stat.st_size, 2**31 - 1), "first_bytes": "", "file_id": file_id,
+        }])
+        conn.execute(
+            "UPDATE raw.landed_files SET status = 'superseded' WHERE path = ? "
+            "AND status = 'unreadable'", [landed.name],
+        )
+        _record(conn, result, stat, _sha256(landed.path), started)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return result
+
+
+def _sha256(path: Path) -> str:
+    hasher = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(BLOCK_BYTES):
+            hasher.update(block)
+    return hasher.hexdigest()
+
+
+def read_blocks(landed: LandedFile, hasher) -> Iterator[bytes]:
+    """The file's content in blocks that end at a line end (the last one may not).
+
+    The raw bytes go through `hasher` as they are read. A file named .gz that is not gzip (a
+    collector that forgot to compress) is read as it is rather than lost.
+    """
+
+    try:
+        with landed.path.open("rb") as handle:
+            source = _Hashing(handle, hasher)
+            head = source.read(2)
+            stream = _Prefixed(source, head)
+            if landed.name.lower().endswith(".gz") and head == GZIP_MAGIC:
+                stream = gzip.GzipFile(fileobj=stream)
+            carry = b""
+            first = True
+            while True:
+                block = stream.read(BLOCK_BYTES)
+                if not block:
+                    break
+                data = carry + block if carry else block
+                if first:
+                    data = data.removeprefix(UTF8_BOM)
+                    first = False
+                end = data.rfind(b"\n")
+                if end < 0:
+                    carry = data
+                    continue
+                carry = data[end + 1:]
+                yield data[: end + 1]
+            if carry:
+                yield carry
+    except (OSError, EOFError, zlib.error) as error:
+        raise UnreadableFile(f"{type(error).__name__}: {error}") from error
+
+
+class _Hashing:
+    """A file read through a hash, so the content hash costs no second read."""
+
+    def __init__(self, handle, hasher):
+        self.handle, self.hasher = handle, hasher
+
+    def read(self, size=-1):
+        data = self.handle.read(size)
+        self.hasher.update(data)
+        return data
+
+
+class _Prefixed:
+    """A stream that first gives back the bytes already read from it."""
+
+    def __init__(self, source, head: bytes):
+        self.source, self.head = source, head
+
+    def read(self, size=-1):
+        if self.head:
+            head, self.head = self.head, b""
+            return head + self.source.read(size - len(head) if size > len(head) else
+                                           (-1 if size < 0 else 0))
+        return self.source.read(size)
+
+
+def _load_lines(conn, landed: LandedFile, file_id: str, hasher, now: datetime,
+                skew: timedelta) -> FileResult:
+    result = FileResult(landed.name, "loading", file_id)
+    skew_us = int(skew.total_seconds() * 1_000_000)
+    line_no = 0
+    undated: list[tuple[int, Rejected]] = []
+    for block in read_blocks(landed, hasher):
+        array = np.frombuffer(block, dtype=np.uint8)
+        newlines = np.flatnonzero(array == 10)
+        ends = newlines + 1
+        if not block.endswith(b"\n"):
+            ends = np.append(ends, len(block))
+        offsets = np.concatenate(([0], ends)).astype(np.int32)
+        count = len(ends)
+        # DuckDB gets the lines without their line ends: the block with every "\n" (and a
+        # "\r" just before one) taken out, and offsets moved back by what was taken.
+        crlf = (newlines > 0) & (array[np.maximum(newlines - 1, 0)] == 13)
+        per_line = np.minimum(np.arange(1, count + 1), len(newlines))
+        carriage = np.cumsum(crlf)
+        if len(carriage) < count:
+            carriage = np.append(carriage, carriage[-1] if len(carriage) else 0)
+        removed = np.concatenate(([0], per_line + carriage)).astype(np.int32)
+        kept = np.delete(array, np.concatenate((newlines, newlines[crlf] - 1)))
+        lines = pa.Array.from_buffers(
+            pa.binary(), count, [None, pa.py_buffer(offsets - removed), pa.py_buffer(kept)],
+        )
+        numbers = np.arange(line_no + 1, line_no + count + 1, dtype=np.int64)
+        candidate = (np.diff(offsets) <= MAX_LINE_BYTES + 2) & ~_bad_utf8(block, offsets)
+        chunk_lines = pa.table(  # noqa: F841 - read by name in FAST_SQL
+            {"line_no": numbers, "line": lines, "fast_candidate": candidate})
+        conn.register("chunk_lines", chunk_lines)
+        conn.execute(f"INSERT INTO raw.events BY NAME {FAST_SQL}",
+                     [file_id, landed.name, now, skew_us])
+        first, last = line_no + 1, line_no + count
+        fast = conn.sql(
+            "SELECT line_no, partition_date, source_format FROM raw.events "
+            "WHERE file_id = ? AND line_no BETWEEN ? AND ?", params=[file_id, first, last],
+        ).to_arrow_table()
+        conn.register("fast_rows", fast)
+        for day, source_format, events in conn.execute(
+            "SELECT partition_date, source_format, count(*) FROM fast_rows GROUP BY ALL"
+        ).fetchall():
+            result.dates[day] += events
+            result.formats[source_format] += events
+            result.fast_lines += events
+        taken = np.zeros(count, dtype=bool)
+        taken[fast.column("line_no").to_numpy() - first] = True
+        slow = np.flatnonzero(~taken) + first
+        conn.unregister("chunk_lines")
+        conn.unregister("fast_rows")
+        accepted, rejected = [], []
+        for number in slow:
+            index = int(number) - line_no - 1
+            raw = block[offsets[index]:offsets[index + 1]]
+            raw = raw[:-1] if raw.endswith(b"\n") else raw
+            raw = raw[:-1] if raw.endswith(b"\r") else raw
+            _python_line(result, landed.name, file_id, int(number), raw, now, skew,
+                         accepted, rejected, undated)
+        _insert_rows(conn, accepted, rejected)
+        line_no += count
+    result.lines_read = line_no
+    result.lines_accepted += result.fast_lines
+    result.events += result.fast_lines
+    # A line without a time belongs to the day most of its file's events fall on (the earliest
+    # such day on a tie); the path's date or the file's modification day when nothing in the
+    # file has a time.
+    home = min(result.dates, key=lambda d: (-result.dates[d], d)) if result.dates else (
+        landed.landed_on)
+    rows = [_rejection(home, landed.name, file_id, number, item) for number, item in undated]
+    for _ in rows:
+        result.dates[home] += 1
+    _insert_rows(conn, [], rows)
+    return result
+
+
+def _bad_utf8(block: bytes, offsets: np.ndarray) -> np.ndarray:
+    """Which lines of a block are not valid UTF-8 (those go to the Python parser)."""
+    bad = np.zeros(len(offsets) - 1, dtype=bool)
+    try:
+        block.decode("utf-8")
+        return bad
+    except UnicodeDecodeError:
+        pass
+    # Only lines with a byte above 0x7f can be invalid; check those one by one.
+    positions = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) >= 0x80)
+    view = memoryview(block)
+    for index in np.unique(np.searchsorted(offsets, positions, side="right") - 1):
+        try:
+            str(view[offsets[index]:offsets[index + 1]], "utf-8")
+        except UnicodeDecodeError:
+            bad[index] = True
+    return bad
+
+
+def _python_line(result: FileResult, name: str, file_id: str, number: int, raw: bytes,
+                 now: datetime, skew: timedelta, accepted: list, rejected: list,
+                 undated: list) -> None:
+    outcomes = parse_line(raw, now, skew)
+    messages = [item for item in outcomes if isinstance(item, Message)]
+    if messages:
+        result.lines_accepted += 1
+    else:
+        result.lines_rejected += 1
+    for item in outcomes:
+        if isinstance(item, Message):
+            day = item.event_time.date()
+            accepted.append(_row(day, name, file_id, number, item))
+            result.dates[day] += 1
+            result.formats[item.source_format] += 1
+            result.events += 1
+        else:
+            result.reasons[item.reason] += 1
+            if item.event_time is not None:
+                day = item.event_time.date()
+                rejected.append(_rejection(day, name, file_id, number, item))
+                result.dates[day] += 1
+            else:
+                undated.append((number, item))
+
+
+def _insert_rows(conn, accepted: list[dict], rejected: list[dict]) -> None:
+    for table, rows, schema in (("raw.events", accepted, RAW_SCHEMA),
+                                ("raw.rejected_lines", rejected, REJECTED_SCHEMA)):
+        if rows:
+            conn.register("_python_rows", pl.DataFrame(rows, schema=schema, orient="row"))
+            conn.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _python_rows")
+            conn.unregister("_python_rows")
+
+
+def _row(day, source_file: str, file_id: str, line_no: int, message: Message) -> dict:
+    return {
+        "partition_date": day,
+        "source_file": source_file,
+        "line_no": line_no,
+        "msg_index": message.msg_index,
+        "source_format": message.source_format,
+        "topic": message.topic,
+        "source_event_name": message.source_event_name,
+        "source_event_id": message.source_event_id,
+        "event_time": message.event_time,
+        "received_at": message.received_at,
+        "envelope_ip": message.envelope_ip,
+        "envelope_user_agent": message.envelope_user_agent,
+        "envelope_store": message.envelope_store,
+        "time_flags": list(message.time_flags),
+        "body": orjson.dumps(message.body).decode(),
+        "file_id": file_id,
+    }
+
+
+def _rejection(day, source_file: str, file_id: str, line_no: int, rejected: Rejected) -> dict:
+    return {
+        "partition_date": day,
+        "source_file": source_file,
+        "line_no": line_no,
+        "reason": rejected.reason,
+        "detail": rejected.detail,
+        "byte_length": rejected.byte_length,
+        "first_bytes": rejected.first_bytes,
+        "file_id": file_id,
+    }

@@ -1,0 +1,353 @@
+"""Loading landing files: the manifest, the SQL fast path against the Python parser, every line
+accounted for, Snowplow tables, UTC partitions and the landing sensor."""
+
+import gzip
+import json
+import os
+import random
+import shutil
+import time
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import orjson
+import pytest
+
+from capi_pipeline.demo.generate import generate
+from capi_pipeline.ingest.landing import LandedFile
+from capi_pipeline.ingest.load import read_blocks, sync_landing
+from capi_pipeline.ingest.parse import Message, parse_line
+from capi_pipeline.ingest.sensors import days_to_run
+from capi_pipeline.lib.duck import ensure_schema
+from capi_pipeline_tests.fixtures import MISSING_SHARED, SHARED, VALMI
+
+NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
+SKEW = timedelta(minutes=10)
+SNOWPLOW = SHARED / "data" / "upstream" / "snowplow"
+needs_shared = pytest.mark.skipif(not VALMI.exists(), reason=MISSING_SHARED)
+
+
+@pytest.fixture
+def conn():
+    with duckdb.connect(":memory:") as connection:
+        ensure_schema(connection)
+        yield connection
+
+
+@pytest.fixture(scope="module")
+def demo_landing(tmp_path_factory) -> Path:
+    landing = tmp_path_factory.mktemp("demo")
+    generate(landing, date(2026, 12, 2), days=2, visitors_per_day=60, seed=3)
+    return landing
+
+
+def _sync(conn, landing: Path):
+    return sync_landing(conn, landing, NOW, SKEW)[1]
+
+
+def _write(path: Path, lines: list[bytes]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def _pixel(event_id: str, timestamp: str, **extra) -> bytes:
+    body = {"id": event_id, "name": "page_viewed", "clientId": "c-1", "timestamp": timestamp,
+            "context": {"document": {"location": {"href": "https://shop.example.com/"}}},
+            **extra}
+    return orjson.dumps(body)
+
+
+def _counts(conn) -> tuple[int, int]:
+    return (conn.execute("SELECT count(*) FROM raw.events").fetchone()[0],
+            conn.execute("SELECT count(*) FROM raw.rejected_lines").fetchone()[0])
+
+
+# --- the manifest ----------------------------------------------------------------------------
+
+def test_landing_the_same_file_twice_or_under_another_name_adds_nothing(conn, tmp_path):
+    landing = tmp_path / "landing"
+    first = _write(landing / "a.ndjson", [_pixel("e-1", "2026-12-01T10:00:00Z"),
+                                          _pixel("e-2", "2026-12-02T10:00:00Z")])
+    (result,) = _sync(conn, landing)
+    assert (result.status, result.lines_read, result.events) == ("loaded", 2, 2)
+    assert _sync(conn, landing) == []
+    shutil.copy(first, landing / "copy.ndjson")
+    (copy,) = _sync(conn, landing)
+    assert (copy.status, copy.detail) == ("duplicate", "same bytes as a.ndjson")
+    assert _counts(conn) == (2, 0)
+    os.utime(first, ns=(time.time_ns(), time.time_ns() + 10**9))
+    (touched,) = _sync(conn, landing)
+    assert touched.status == "unchanged" and _counts(conn) == (2, 0)
+
+
+def test_a_changed_file_is_a_new_version_that_replaces_its_rows(conn, tmp_path):
+    landing = tmp_path / "landing"
+    path = _write(landing / "a.ndjson", [_pixel("e-1", "2026-12-01T10:00:00Z")])
+    _sync(conn, landing)
+    _write(path, [_pixel("e-1", "2026-12-01T10:00:00Z"), _pixel("e-2", "2026-12-01T11:00:00Z"),
+                  b"{broken"])
+    (result,) = _sync(conn, landing)
+    assert (result.version, result.lines_read, result.events, result.lines_rejected) == (
+        2, 3, 2, 1)
+    assert conn.execute("SELECT file_id, count(*) FROM raw.events GROUP BY ALL").fetchall() == [
+        ("a.ndjson@2", 2)]
+    assert conn.execute(
+        "SELECT version, status, lines_read, lines_accepted, lines_rejected "
+        "FROM raw.landed_files ORDER BY version").fetchall() == [
+        (1, "superseded", 1, 1, 0), (2, "loaded", 3, 2, 1)]
+
+
+def test_truncated_gzip_is_recorded_unreadable_and_keeps_no_rows(conn, tmp_path):
+    landing = tmp_path / "landing" / "2026-12-01"
+    content = b"\n".join(_pixel(f"e-{i}", "2026-12-01T10:00:00Z") for i in range(2000)) + b"\n"
+    path = landing / "big.ndjson.gz"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(gzip.compress(content)[:-40])
+    (result,) = _sync(conn, tmp_path / "landing")
+    assert result.status == "unreadable"
+    assert _counts(conn) == (0, 1)
+    assert conn.execute("SELECT partition_date, reason, line_no FROM raw.rejected_lines"
+                        ).fetchall() == [(date(2026, 12, 1), "unreadable_file", 0)]
+    path.write_bytes(gzip.compress(content))
+    (fixed,) = _sync(conn, tmp_path / "landing")
+    assert (fixed.status, fixed.events) == ("loaded", 2000)
+    assert _counts(conn) == (2000, 0)
+
+
+def test_blocks_split_only_at_line_ends(tmp_path, monkeypatch):
+    from capi_pipeline.ingest import load
+
+    monkeypatch.setattr(load, "BLOCK_BYTES", 7)
+    path = tmp_path / "x.ndjson"
+    path.write_bytes(b"\xef\xbb\xbfabc\ndefghijklmnop\nq")
+    import hashlib
+    blocks = list(read_blocks(LandedFile(path, "x.ndjson"), hashlib.sha256()))
+    assert b"".join(blocks) == b"abc\ndefghijklmnop\nq"
+    assert all(block.endswith(b"\n") for block in blocks[:-1])
+
+
+# --- every line accounted for ----------------------------------------------------------------
+
+BAD_LINES = {
+    b"\xff\xfe not utf-8": "bad_utf8",
+    b'{"id": "e-9", "name": "page_viewed", "clientId"': "bad_json",
+    b"[1, 2]": "not_object",
+    b'"{\\"id\\": 1}"': "json_in_string",
+    b'{"hello": "world"}': "unknown_shape",
+    b'{"id": "e-8", "name": "page_viewed", "clientId": "c"}': "missing_time",
+    b"   ": "empty_line",
+    b'{"id": "e-7", "name": "page_viewed", "clientId": "c", "timestamp": "2099-01-01T00:00:00Z"}':
+        "future_time",
+    b'{"x": "' + b"a" * 1_000_001 + b'"}': "line_too_long",
+}
+
+
+def test_each_kind_of_bad_line_is_rejected_with_its_reason_and_first_bytes(conn, tmp_path):
+    good = [_pixel("e-1", "2026-12-01T10:00:00Z")]
+    _write(tmp_path / "l" / "mixed.ndjson", good + list(BAD_LINES))
+    (result,) = _sync(conn, tmp_path / "l")
+    assert result.lines_read == 1 + len(BAD_LINES)
+    assert result.lines_read == result.lines_accepted + result.lines_rejected
+    rows = conn.execute(
+        "SELECT line_no, reason, first_bytes FROM raw.rejected_lines ORDER BY line_no").fetchall()
+    assert [reason for _, reason, _ in rows] == list(BAD_LINES.values())
+    assert rows[1][2].startswith('{"id": "e-9"')
+    assert len(rows[-1][2]) == 200
+
+
+def _parser_rows(raw: bytes) -> list[tuple]:
+    """What the Python parser alone makes of a line, in raw.events terms."""
+    rows = []
+    for item in parse_line(raw, NOW, SKEW):
+        if isinstance(item, Message):
+            rows.append((item.msg_index, item.source_format, item.source_event_name,
+                         item.source_event_id, item.event_time, item.received_at,
+                         item.envelope_ip, item.envelope_user_agent, item.envelope_store,
+                         item.topic, list(item.time_flags), item.body))
+    return rows
+
+
+def _loaded_rows(conn) -> dict[int, list[tuple]]:
+    found: dict[int, list[tuple]] = {}
+    for row in conn.execute(
+        "SELECT line_no, msg_index, source_format, source_event_name, source_event_id, "
+        "event_time, received_at, envelope_ip, envelope_user_agent, envelope_store, topic, "
+        "time_flags, body FROM raw.events ORDER BY line_no, msg_index"
+    ).fetchall():
+        found.setdefault(row[0], []).append((*row[1:-1], json.loads(row[-1])))
+    return found
+
+
+def test_fast_path_gives_what_the_python_parser_gives_on_demo_lines(conn, demo_landing):
+    results = _sync(conn, demo_landing)
+    fast = sum(result.fast_lines for result in results)
+    assert fast > 0.9 * sum(result.lines_read for result in results)
+    for result in results:
+        path = demo_landing / result.path
+        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        loaded = {}
+        for row in conn.execute(
+            "SELECT line_no, msg_index, source_format, source_event_name, source_event_id, "
+            "event_time, received_at, envelope_ip, envelope_user_agent, envelope_store, topic, "
+            "time_flags, body FROM raw.events WHERE source_file = ? ORDER BY ALL",
+            [result.path],
+        ).fetchall():
+            loaded.setdefault(row[0], []).append((*row[1:-1], json.loads(row[-1])))
+        for number, raw in enumerate(data.split(b"\n")[:-1], start=1):
+            assert loaded.get(number, []) == _parser_rows(raw.removesuffix(b"\r")), (
+                result.path, number)
+
+
+@needs_shared
+def test_fast_path_matches_the_parser_on_the_real_pixel_capture(conn, tmp_path):
+    lines = (VALMI / "pixel_events.ndjson").read_bytes().splitlines()
+    enveloped = [orjson.dumps({"received_at": json.loads(line)["timestamp"], "ip": "203.0.113.9",
+                               "user_agent": "Mozilla/5.0", "body": json.loads(line)})
+                 for line in lines]
+    stringly = [orjson.dumps({"received_at": json.loads(line)["timestamp"],
+                              "body": line.decode()}) for line in lines]
+    _write(tmp_path / "l" / "valmi.ndjson", lines + enveloped + stringly)
+    (result,) = _sync(conn, tmp_path / "l")
+    assert (result.lines_read, result.events, result.fast_lines) == (39, 39, 39)
+    loaded = _loaded_rows(conn)
+    for number, raw in enumerate(lines + enveloped + stringly, start=1):
+        assert loaded[number] == _parser_rows(raw), number
+    earliest = min(json.loads(line)["timestamp"] for line in lines)
+    assert conn.execute(
+        "SELECT count(DISTINCT partition_date), strftime(min(event_time), '%Y-%m-%dT%H:%M:%S.%g')"
+        " || 'Z' FROM raw.events").fetchone() == (3, earliest)
+
+
+@needs_shared
+def test_mutated_real_lines_are_all_accounted_for_and_nothing_raises(conn, tmp_path):
+    """Property: whatever happens to real lines, accepted + rejected lines == lines read."""
+    rng = random.Random(20261203)
+    real = (VALMI / "pixel_events.ndjson").read_bytes().splitlines()
+    real += [orjson.dumps(json.loads(path.read_text()))
+             for path in sorted((VALMI / "webhooks").iterdir())]
+    mutated = []
+    for _ in range(600):
+        line = bytearray(rng.choice(real))
+        kind = rng.randrange(6)
+        if kind == 0:
+            line = line[: rng.randrange(len(line))]
+        elif kind == 1:
+            for _ in range(rng.randint(1, 4)):
+                line[rng.randrange(len(line))] = rng.choice(b"\xff\xc3\x80\x00\"{}[],:")
+        elif kind == 2:
+            value = json.loads(bytes(line))
+            key = rng.choice(list(value))
+            value[key] = rng.choice([None, "", "undefined", 1e300, -1, True, [], {},
+                                     "[object Object]", "1733011200000", "2026-12-01 10:00:00"])
+            line = bytearray(orjson.dumps(value))
+        elif kind == 3:
+            line = bytearray(orjson.dumps({"received_at": rng.choice(
+                ["2026-12-01T10:00:00Z", "bogus", 1764583200, None]), "body": line.decode(
+                    "utf-8", "replace")}))
+        elif kind == 4:
+            line = bytearray(orjson.dumps({"batch": [json.loads(rng.choice(real)), 3, "x"],
+                                           "sentAt": "2026-12-01T10:00:00Z"}))
+        mutated.append(bytes(line).replace(b"\n", b" "))
+    _write(tmp_path / "l" / "fuzz.ndjson", mutated)
+    (result,) = _sync(conn, tmp_path / "l")
+    assert result.lines_read == len(mutated) == result.lines_accepted + result.lines_rejected
+    rejected_lines = conn.execute(
+        "SELECT count(DISTINCT line_no) FROM raw.rejected_lines WHERE line_no NOT IN "
+        "(SELECT line_no FROM raw.events)").fetchone()[0]
+    accepted_lines = conn.execute("SELECT count(DISTINCT line_no) FROM raw.events").fetchone()[0]
+    assert accepted_lines + rejected_lines == len(mutated)
+    assert 50 < result.lines_rejected < 550
+    assert set(result.reasons) >= {"bad_json", "bad_utf8"}
+    # staging reads whatever ingest accepted without raising, one row per raw row
+    from capi_pipeline.staging.sql import build_staging
+
+    for day, events in conn.execute(
+        "SELECT partition_date, count(*) FROM raw.events GROUP BY ALL").fetchall():
+        assert build_staging(conn, day).num_rows == events
+
+
+# --- UTC partitions --------------------------------------------------------------------------
+
+def test_partitions_are_utc_dates_whatever_the_machine_zone(tmp_path, monkeypatch):
+    lines = [_pixel("e-1", "2026-12-01T23:30:00-05:00"), _pixel("e-2", "1796126400000"),
+             _pixel("e-3", "2026-12-01T01:00:00+09:00")]
+    _write(tmp_path / "l" / "a.ndjson", lines)
+    monkeypatch.setenv("TZ", "Asia/Kolkata")
+    time.tzset()
+    try:
+        with duckdb.connect(":memory:") as conn:
+            conn.execute("SET TimeZone = 'America/Los_Angeles'")
+            ensure_schema(conn)
+            _sync(conn, tmp_path / "l")
+            rows = conn.execute("SELECT source_event_id, partition_date, time_flags "
+                                "FROM raw.events ORDER BY 1").fetchall()
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    assert rows == [("e-1", date(2026, 12, 2), []), ("e-2", date(2026, 12, 1), ["epoch_ms"]),
+                    ("e-3", date(2026, 11, 30), [])]
+
+
+# --- Snowplow --------------------------------------------------------------------------------
+
+@needs_shared
+def test_snowplow_enriched_events_load_and_stage(conn, tmp_path):
+    from capi_pipeline.staging.sql import build_staging
+
+    landing = tmp_path / "l"
+    landing.mkdir()
+    shutil.copy(SNOWPLOW / "dbt_snowplow_ecommerce__snowplow_ecommerce_events.csv.gz", landing)
+    (result,) = _sync(conn, landing)
+    assert (result.status, result.lines_read, result.events) == ("loaded", 834, 834)
+    days = [row[0] for row in conn.execute(
+        "SELECT DISTINCT partition_date FROM raw.events ORDER BY 1").fetchall()]
+    staged = [build_staging(conn, day).to_pylist() for day in days]
+    rows = [row for day in staged for row in day]
+    assert len(rows) == 834
+    # 29 rows carry a transaction context, 15 of them are the transaction action itself
+    purchases = [row for row in rows if row["event_type"] == "purchase"]
+    assert len(purchases) == 15
+    assert all(row["order_id"] and row["value"] is not None and row["currency"]
+               for row in purchases)
+    assert {row["event_type"] for row in rows} >= {"product_view", "add_to_cart",
+                                                   "collection_view", "checkout_step"}
+    with_cookie = conn.execute(
+        "SELECT count(*) FROM read_csv(?, all_varchar = true) WHERE domain_userid IS NOT NULL",
+        [str(landing / "dbt_snowplow_ecommerce__snowplow_ecommerce_events.csv.gz")]).fetchone()[0]
+    assert sum(1 for row in rows if row["client_id"]) == with_cookie > 700
+    # the IPs are pseudonymised to hashes: never taken as addresses
+    assert all(row["ip"] is None for row in rows)
+
+
+# --- the sensor -------------------------------------------------------------------------------
+
+def test_sensor_asks_for_exactly_the_days_new_lines_fall_on(tmp_path):
+    landing = tmp_path / "l"
+    _write(landing / "today.ndjson", [_pixel("e-1", "2026-12-02T10:00:00Z"),
+                                      _pixel("e-2", "2026-12-03T00:10:00Z"), b"{bad"])
+    days, cursor, changed = days_to_run(landing, {}, 600)
+    assert (sorted(days), changed) == (["2026-12-02", "2026-12-03"], 1)
+    assert days_to_run(landing, cursor, 600)[2] == 0
+    _write(landing / "late.ndjson", [_pixel("e-3", "2026-11-28T09:00:00Z")])
+    days, cursor, changed = days_to_run(landing, cursor, 600)
+    assert (sorted(days), changed) == (["2026-11-28"], 1)
+
+
+def test_sensor_run_requests_name_the_partitions_and_skip_when_nothing_changed(tmp_path):
+    from dagster import SkipReason, build_sensor_context
+
+    from capi_pipeline.ingest.sensors import landing_sensor
+    from capi_pipeline.resources import PipelineSettings
+
+    landing = tmp_path / "l"
+    _write(landing / "a.ndjson", [_pixel("e-1", "2026-12-02T10:00:00Z"),
+                                  _pixel("e-2", "1999-12-31T10:00:00Z")])
+    settings = PipelineSettings(landing_dir=str(landing))
+    result = landing_sensor(build_sensor_context(resources={"settings": settings}))
+    # 1999 is before the partitions start: kept in raw, but no run is asked for it
+    assert [request.partition_key for request in result.run_requests] == ["2026-12-02"]
+    again = landing_sensor(build_sensor_context(cursor=result.cursor,
+                                                resources={"settings": settings}))
+    assert isinstance(again, SkipReason)
