@@ -50,7 +50,11 @@ SELECT s.event_key, v.visitor_id, s.event_time, m.event_name,
        CASE WHEN own_address THEN s.state ELSE p.state END AS address_state,
        CASE WHEN own_address THEN s.zip ELSE p.zip END AS address_zip,
        CASE WHEN own_address THEN s.country ELSE p.country END AS address_country,
+       -- The country each value is read in: a phone in its own record's country, first; an
+       -- address in the address's country.
        coalesce(s.country, p.country) AS region,
+       coalesce(p.country, s.country) AS profile_region,
+       coalesce(address_country, s.country, p.country) AS address_region,
        p.ip AS profile_ip, p.user_agent AS profile_user_agent,
        p.web_seen_at AS profile_web_seen_at
 FROM staging.events s
@@ -135,6 +139,13 @@ FIELD_SOURCES: dict[str, tuple[str, ...]] = {
     "hashed_maids": ("advertising_id",),
 }
 
+# The country column each source is read in, for the rules that read one (default: region).
+REGION_OF: dict[str, str] = {
+    "profile_phone": "profile_region",
+    "address_state": "address_region",
+    "address_zip": "address_region",
+}
+
 # Free text that reaches Pinterest unhashed must not carry a person: anything shaped like an
 # email address or a phone number drops the field.
 EMAIL_SHAPED = r"[^\s@/?&=]+(@|%40)[^\s@/?&=]+\.[A-Za-z]{2,}"
@@ -207,7 +218,8 @@ WITH base AS (
     JOIN enrich_ids d USING (event_key)
     {joins}
     LEFT JOIN enrich_regions r
-        ON r.state IS NOT DISTINCT FROM d.address_state AND r.region IS NOT DISTINCT FROM d.region
+        ON r.state IS NOT DISTINCT FROM d.address_state
+       AND r.region IS NOT DISTINCT FROM d.address_region
     LEFT JOIN enrich_history h ON h.event_key = d.event_key
     LEFT JOIN enrich_currencies cur ON cur.code = upper(s.currency)
     LEFT JOIN enrich_orders w ON s.event_type = 'purchase' AND w.order_id = s.order_id
@@ -346,7 +358,8 @@ def _joins_and_columns() -> tuple[str, str, str, str, str]:
             alias = f"n_{field}_{n}"
             condition = f"{alias}.raw = d.{source}"
             if RULES[field].uses_country:
-                condition += f" AND {alias}.region IS NOT DISTINCT FROM d.region"
+                condition += (f" AND {alias}.region IS NOT DISTINCT FROM "
+                              f"d.{REGION_OF.get(source, 'region')}")
             joins.append(f"LEFT JOIN enrich_norm_{field} {alias} ON {condition}")
             digests.append(f"{alias}.digest AS digest_{field}_{n}")
             columns.append(f"digest_{field}_{n}")
@@ -376,9 +389,10 @@ def _normalize_field(conn: duckdb.DuckDBPyConnection, field: str, config: Payloa
     """Fill enrich_norm_<field> with the digest of each distinct value; returns the values
     a source meant to send hashed that were not hashes."""
     rule = RULES[field]
-    region = "region" if rule.uses_country else "NULL::VARCHAR"
     selects = " UNION ALL ".join(
-        f"SELECT {source} AS raw, {region} AS region FROM enrich_ids"
+        f"SELECT {source} AS raw, "
+        f"{REGION_OF.get(source, 'region') if rule.uses_country else 'NULL::VARCHAR'} AS region "
+        f"FROM enrich_ids"
         for source in FIELD_SOURCES[field]
     )
     pairs = conn.execute(
@@ -416,7 +430,7 @@ def _regions(conn: duckdb.DuckDBPyConnection, config: PayloadConfig) -> None:
     """Whether each distinct (state, country) of the day is a configured LDP region, and the
     ISO 4217 codes a currency must be one of."""
     pairs = conn.execute("""
-        SELECT DISTINCT address_state AS state, region FROM enrich_ids
+        SELECT DISTINCT address_state AS state, address_region AS region FROM enrich_ids
     """).fetchall()
     ldp = set(config.ldp_regions)
     flags = []
