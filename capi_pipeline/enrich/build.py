@@ -14,7 +14,8 @@ Steps, each one statement over temporary tables of the connection:
 2. ``enrich_norm_<field>``: each hashed field's distinct raw values and their digests;
    ``enrich_regions``: each distinct state and country as an ISO region, for LDP.
 3. ``enrich_history``: each event's visitor's latest click and stated consent (one window),
-   and ``enrich_orders``: which report of an order wins.
+   ``enrich_orders``: which report of an order wins, and ``enrich_items``: each event's
+   items as custom_data's contents.
 4. ``capi.pinterest_events``: the partition replaced by one streaming INSERT that reads the
    staged rows once, joins the above and writes the payload (:data:`ROWS_SQL`).
 """
@@ -121,6 +122,34 @@ FROM order_reports
 GROUP BY order_id
 """
 
+# The items of the day's events with several, one row each, as custom_data's contents,
+# content_ids and content_category: flat rows let plain vectorized expressions do what
+# per-event lambdas over lists did at a quarter of the speed. Events with one item (most
+# product views and adds to cart) take the same member from items[1] in ROWS_SQL.
+ITEMS_SQL = """
+CREATE OR REPLACE TEMP TABLE enrich_items AS
+WITH flat AS (
+    SELECT event_key, unnest(items) AS x, generate_subscripts(items, 1) AS n
+    FROM staging.events
+    WHERE partition_date = $day AND duplicate_of IS NULL AND len(items) > 1
+      AND event_key IN (SELECT event_key FROM enrich_ids)
+),
+members AS (
+    SELECT event_key, n, x.id AS id, x.category AS category,
+           row_number() OVER (PARTITION BY event_key, x.id ORDER BY n) = 1 AS first_of_id,
+           capi_item_member(x) AS member
+    FROM flat
+)
+SELECT event_key,
+       '[' || string_agg('{' || member || '}', ',' ORDER BY n) || ']' AS contents_json,
+       '[' || string_agg(to_json(id)::VARCHAR, ',' ORDER BY n)
+              FILTER (WHERE id IS NOT NULL AND first_of_id) || ']' AS content_ids_json,
+       CASE WHEN count(*) = count(category) AND count(DISTINCT category) = 1
+            THEN capi_safe_text(any_value(category)) END AS content_category
+FROM members
+GROUP BY event_key
+"""
+
 # Where each hashed field's values come from, in enrich_ids' columns. Lists are merged in
 # this order (the event's own value first, then the profile's); a name and an address are
 # one fact each, taken from the event when it has one, else from the profile.
@@ -190,9 +219,20 @@ MACROS = [
              THEN c END)""",
     # JSON members, NULL when the value is: concat_ws then leaves the member out. Digests are
     # hex and need no escaping; text goes through to_json, which escapes it.
-    """CREATE OR REPLACE TEMP MACRO capi_j_hashes(k, l) AS ('"' || k || '":["' || l || '"]')""",
-    """CREATE OR REPLACE TEMP MACRO capi_j_text(k, v) AS ('"' || k || '":' || to_json(v))""",
-    """CREATE OR REPLACE TEMP MACRO capi_j_raw(k, v) AS ('"' || k || '":' || v)""",
+    """CREATE OR REPLACE TEMP MACRO capi_j_hashes(k, l) AS (
+        CASE WHEN l IS NOT NULL THEN concat('"', k, '":["', l, '"]') END)""",
+    """CREATE OR REPLACE TEMP MACRO capi_j_text(k, v) AS (
+        CASE WHEN v IS NOT NULL THEN concat('"', k, '":', to_json(v)) END)""",
+    """CREATE OR REPLACE TEMP MACRO capi_j_raw(k, v) AS (
+        CASE WHEN v IS NOT NULL THEN concat('"', k, '":', v) END)""",
+    # One item of custom_data.contents, its members without the braces; NULL when empty.
+    """CREATE OR REPLACE TEMP MACRO capi_item_member(x) AS (nullif(concat_ws(',',
+        capi_j_text('id', x.id),
+        capi_j_text('item_price', capi_decimal(x.price)),
+        capi_j_raw('quantity', x.quantity::VARCHAR),
+        capi_j_text('item_name', capi_safe_text(x.name)),
+        capi_j_text('item_category', capi_safe_text(x.category)),
+        capi_j_text('item_brand', capi_safe_text(x.brand))), ''))""",
 ]
 
 OUTPUT_COLUMNS = """
@@ -213,7 +253,13 @@ WITH base AS (
            r.ldp_region, cur.code AS currency_code, h.profile_click_id, h.profile_click_time,
            coalesce(s.marketing_allowed, h.visitor_marketing_allowed) AS consent_marketing,
            coalesce(s.sale_of_data_allowed, h.visitor_sale_of_data_allowed) AS consent_sale,
-           w.winner_event_id AS order_winner_event_id
+           w.winner_event_id AS order_winner_event_id,
+           CASE WHEN len(s.items) = 1 THEN '[{{' || capi_item_member(s.items[1]) || '}}]'
+                ELSE it.contents_json END AS contents_json,
+           CASE WHEN len(s.items) = 1 THEN '[' || to_json(s.items[1].id)::VARCHAR || ']'
+                ELSE it.content_ids_json END AS content_ids_json,
+           CASE WHEN len(s.items) = 1 THEN capi_safe_text(s.items[1].category)
+                ELSE it.content_category END AS content_category
     FROM staging.events s
     JOIN enrich_ids d USING (event_key)
     {joins}
@@ -222,6 +268,7 @@ WITH base AS (
        AND r.region IS NOT DISTINCT FROM d.address_region
     LEFT JOIN enrich_history h ON h.event_key = d.event_key
     LEFT JOIN enrich_currencies cur ON cur.code = upper(s.currency)
+    LEFT JOIN enrich_items it ON it.event_key = d.event_key
     LEFT JOIN enrich_orders w ON s.event_type = 'purchase' AND w.order_id = s.order_id
     WHERE s.partition_date = $day AND s.duplicate_of IS NULL
 ),
@@ -269,34 +316,16 @@ decided AS (
             WHEN event_time > $now + $max_skew THEN 'future_time'
             WHEN sent_em IS NULL AND sent_hashed_maids IS NULL
                  AND (ip_sent IS NULL OR ua_sent IS NULL) THEN 'no_identifier'
-        END AS skip_reason,
-        list_filter(list_transform(coalesce(items, []), lambda x: nullif(concat_ws(',',
-            capi_j_text('id', x.id),
-            capi_j_text('item_price', capi_decimal(x.price)),
-            capi_j_raw('quantity', x.quantity::VARCHAR),
-            capi_j_text('item_name', capi_safe_text(x.name)),
-            capi_j_text('item_category', capi_safe_text(x.category)),
-            capi_j_text('item_brand', capi_safe_text(x.brand))), '')),
-            lambda c: c IS NOT NULL) AS contents_json,
-        CASE WHEN len(items) = 1 AND items[1].id IS NOT NULL THEN [items[1].id]
-             WHEN len(items) > 1 THEN capi_ids(list_transform(items, lambda x: x.id))
-        END AS content_ids,
-        CASE WHEN len(items) = 1 THEN capi_safe_text(items[1].category)
-             WHEN len(items) > 1
-              AND len(list_filter(items, lambda x: x.category IS NULL)) = 0
-              AND len(list_distinct(list_transform(items, lambda x: x.category))) = 1
-             THEN capi_safe_text(items[1].category) END AS content_category
+        END AS skip_reason
     FROM derived
 ),
 assembled AS (
     SELECT *,
         nullif(concat_ws(',',
-            capi_j_raw('currency', '"' || currency_sent || '"'),
-            capi_j_raw('value', '"' || capi_decimal(value_sent) || '"'),
-            capi_j_raw('content_ids', CASE WHEN len(content_ids) > 0
-                                           THEN to_json(content_ids)::VARCHAR END),
-            capi_j_raw('contents', CASE WHEN len(contents_json) > 0
-                       THEN '[{{' || array_to_string(contents_json, '}},{{') || '}}]' END),
+            capi_j_text('currency', currency_sent),
+            capi_j_text('value', capi_decimal(value_sent)),
+            capi_j_raw('content_ids', content_ids_json),
+            capi_j_raw('contents', contents_json),
             capi_j_raw('num_items', num_items::VARCHAR),
             capi_j_text('order_id', order_id),
             capi_j_text('search_string', search_sent),
@@ -330,7 +359,8 @@ SELECT
             capi_j_text('client_ip_address', ip_sent),
             capi_j_text('client_user_agent', ua_sent),
             capi_j_text('click_id', click_sent)) || '}}',
-        capi_j_raw('custom_data', '{{' || custom_json || '}}')) || '}}'
+        CASE WHEN custom_json IS NOT NULL THEN concat('"custom_data":{{', custom_json, '}}') END
+    ) || '}}'
 FROM assembled
 """
 
@@ -483,6 +513,7 @@ def build_pinterest_events(
     _regions(conn, config)
     conn.execute(HISTORY_SQL)
     conn.execute(ORDERS_SQL, {"day": day})
+    conn.execute(ITEMS_SQL, {"day": day})
 
     params = {
         "day": day, "partner_name": config.partner_name,
