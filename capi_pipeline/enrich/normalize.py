@@ -9,6 +9,10 @@ win over its own contradictory examples; the golden cases are in
 
 A rule returns ``None`` when the value must be left out of ``user_data``: Pinterest should
 never receive the hash of a placeholder, an empty string or a value we could not make sense of.
+
+The enrich stage applies the rules through :func:`normalize_distinct`, once per distinct value
+of a day (and country, for the rules marked ``uses_country``), and hashes the texts in DuckDB;
+:func:`hash_field` is the same rule and hash for one value.
 """
 
 from __future__ import annotations
