@@ -250,6 +250,8 @@ def test_free_text_and_urls_never_carry_contacts_to_pinterest():
         conn.execute(macro)
 
     def call(macro: str, value: str):
+        if macro == "capi_page_url":
+            return conn.execute("SELECT capi_page_url(capi_url_base(?))", [value]).fetchone()[0]
         return conn.execute(f"SELECT {macro}(?)", [value]).fetchone()[0]
 
     assert call("capi_page_url",

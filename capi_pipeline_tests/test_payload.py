@@ -320,6 +320,9 @@ def test_every_request_body_passes_pinterests_schema(warehouse):
     assert [len(body["data"]) for body in bodies] in ([2, 1], [1, 2])
     assert checker.check(bodies) == []
     assert checker.events == 3
+    # The checker itself refuses what Pinterest refuses.
+    refused = {"data": [{**bodies[0]["data"][0], "event_name": "purchase"}]}
+    assert checker.check([refused]) == ["data[0]: event_name 'purchase' is not a Pinterest event"]
 
 
 def test_check_finds_anything_that_is_neither_a_hash_nor_a_field_sent_unhashed(warehouse):
