@@ -166,6 +166,39 @@ class PipelineSettings(ConfigurableResource):
         default=200,
         description="A merge that would give one visitor more identifiers than this is refused.",
     )
+    event_map: dict[str, str] = Field(
+        default_factory=dict,
+        description="Source event name -> Pinterest event name, over the defaults for Shopify "
+        "Web Pixels, Segment e-commerce and order webhooks; an empty name stops an event.",
+    )
+    send_events: list[str] = Field(
+        default_factory=list,
+        description="The Pinterest events to send (e.g. checkout, add_to_cart); empty: all "
+        "that the mapping produces.",
+    )
+    consent_policy: str = Field(
+        default="skip",
+        description="When a visitor refused marketing: 'skip' (not sent, reason no_consent) "
+        "or 'opt_out' (sent with opt_out: true).",
+    )
+    ldp_regions: list[str] = Field(
+        default_factory=lambda: ["US-CA", "US-CO", "US-CT", "US-UT", "US-VA"],
+        description="Countries (US) or states (US-CA) whose residents who refused the sale of "
+        "their data are sent with opt_out_type LDP.",
+    )
+    partner_name: str | None = Field(
+        default=None, description="Sent as partner_name when set (Pinterest's ss-<name> form)."
+    )
+    value_source: str = Field(
+        default="merchandise",
+        description="custom_data.value: 'merchandise' (items after discounts, before shipping "
+        "and tax, as the source reports it) or 'items' (sum of item price x quantity).",
+    )
+    hashed_on_arrival: list[str] = Field(
+        default_factory=list,
+        description="user_data fields (em, ph...) the sources send already hashed; a value "
+        "that is not a SHA-256 is then dropped with a warning.",
+    )
 
 
 class PinterestResource(ConfigurableResource):
@@ -243,6 +276,9 @@ def default_resources() -> dict[str, object]:
             landing_dir=_env("CAPI_LANDING_DIR", "data/landing"),
             default_region=_env("CAPI_DEFAULT_REGION", "US"),
             retention_days=int(_env("CAPI_RETENTION_DAYS", "180")),
+            max_event_age_days=int(_env("CAPI_MAX_EVENT_AGE_DAYS", "7")),
+            consent_policy=_env("CAPI_CONSENT_POLICY", "skip"),
+            partner_name=os.environ.get("CAPI_PARTNER_NAME") or None,
         ),
         "pinterest": _pinterest_from_environment(),
     }

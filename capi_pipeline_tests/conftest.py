@@ -65,9 +65,25 @@ class Pipeline:
 
 @pytest.fixture(scope="session")
 def emulator():
-    """One Pinterest emulator process on a free loopback port for the whole session."""
+    """One Pinterest emulator process on a free loopback port for the whole session.
+
+    Every body it accepts, across all the tests that share it, is checked against Pinterest's
+    schema (../shared/tools/capi_schema.py) before each reset and at the end of the session.
+    """
+    from capi_pipeline_tests.schema_check import BodyChecker
+
     with EmulatorProcess(token=TOKEN, ad_account_ids=(AD_ACCOUNT,)) as process:
+        checker = BodyChecker()
+        reset = process.reset
+
+        def checked_reset() -> None:
+            checker.check(process.bodies())
+            reset()
+
+        process.reset = checked_reset
         yield process
+        checker.check(process.bodies())
+        assert not checker.problems, checker.report()
 
 
 @pytest.fixture

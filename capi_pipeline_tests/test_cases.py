@@ -241,18 +241,34 @@ def test_order_reported_either_side_of_midnight_is_sent_once(tmp_path, emulator,
 
 
 def test_free_text_and_urls_never_carry_contacts_to_pinterest():
-    from capi_pipeline.enrich.payload import click_id, page_url, safe_text
+    import duckdb
 
-    assert page_url("https://shop.example.com/account?e=a%40b.example&phone=%2B14155550177") == (
+    from capi_pipeline.enrich.build import MACROS
+
+    conn = duckdb.connect()
+    for macro in MACROS:
+        conn.execute(macro)
+
+    def call(macro: str, value: str):
+        if macro == "capi_page_url":
+            return conn.execute("SELECT capi_page_url(capi_url_base(?))", [value]).fetchone()[0]
+        return conn.execute(f"SELECT {macro}(?)", [value]).fetchone()[0]
+
+    assert call("capi_page_url",
+                "https://shop.example.com/account?e=a%40b.example&phone=%2B14155550177") == (
         "https://shop.example.com/account")
-    assert page_url("https://shop.example.com/u/jane@example.com/orders") is None
-    assert page_url("https://shop.example.com/68875616470/checkouts/abc/thank_you") == (
-        "https://shop.example.com/68875616470/checkouts/abc/thank_you")
-    assert safe_text("call me +1 415 555 0188") is None
-    assert safe_text("jane@example.com") is None
-    assert safe_text("snowboard liquid") == "snowboard liquid"
-    assert click_id("dj0yJnU9bGFuZGluZw") == "dj0yJnU9bGFuZGluZw"
-    assert click_id("jane@example.com") is None
+    assert call("capi_page_url", "https://shop.example.com/u/jane@example.com/orders") is None
+    assert call("capi_page_url", "javascript:alert(1)") is None
+    assert call("capi_page_url", "https://shop.example.com/68875616470/checkouts/abc/thank_you"
+                ) == "https://shop.example.com/68875616470/checkouts/abc/thank_you"
+    assert call("capi_safe_text", "call me +1 415 555 0188") is None
+    assert call("capi_safe_text", "jane@example.com") is None
+    assert call("capi_safe_text", "snowboard liquid") == "snowboard liquid"
+    assert call("capi_click_id", "dj0yJnU9bGFuZGluZw") == "dj0yJnU9bGFuZGluZw"
+    assert call("capi_click_id", "jane@example.com") is None
+    assert call("capi_click_id", "x" * 1025) is None
+    assert call("capi_decimal", "48.00") == "48" and call("capi_decimal", "0.50") == "0.5"
+    assert call("capi_decimal", "0.00") == "0" and call("capi_decimal", "120") == "120"
 
 
 def test_a_shared_token_or_kiosk_does_not_weld_strangers(tmp_path, emulator):

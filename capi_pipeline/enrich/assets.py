@@ -1,12 +1,9 @@
 """Enrich: the day's events as Pinterest will receive them, hashed, with eligibility."""
 
+from datetime import UTC, datetime
 
-from collections import Counter
-from datetime import UTC, datetime, timedelta
-
-import orjson
-import polars as pl
 from dagster import (
+    AssetCheckExecutionContext,
     AssetCheckResult,
     AssetExecutionContext,
     AssetKey,
@@ -16,83 +13,14 @@ from dagster import (
     asset_check,
 )
 
-from capi_pipeline.enrich.payload import PINTEREST_EVENTS, EnrichRules, build_event
-from capi_pipeline.lib.duck import replace_partition
+from capi_pipeline.enrich.build import EMAIL_SHAPED, PHONE_SHAPED, build_pinterest_events
+from capi_pipeline.enrich.normalize import HASHED_FIELDS
+from capi_pipeline.enrich.payload import PayloadConfig
 from capi_pipeline.lib.tags import WRITER
 from capi_pipeline.partitions import daily_partitions, partition_day
 from capi_pipeline.resources import PipelineSettings, WarehouseResource
 
 PINTEREST_EVENTS_KEY = ["capi", "pinterest_events"]
-
-# The day's distinct events that map to a Pinterest event, with their visitor's profile and the
-# latest Pinterest click the visitor made before the event (an as-of join on time).
-EVENTS_SQL = """
-WITH day AS (
-    SELECT s.*, v.visitor_id
-    FROM staging.events s
-    LEFT JOIN identity.event_visitors v USING (event_key)
-    WHERE s.partition_date = $day AND s.duplicate_of IS NULL
-      AND s.event_type IN (SELECT unnest($types))
-),
-clicks AS (
-    SELECT v.visitor_id, s.event_time AS click_time, s.click_id
-    FROM staging.events s
-    JOIN identity.event_visitors v USING (event_key)
-    WHERE s.click_id IS NOT NULL
-),
--- An order reported on two days (a pixel before midnight, its webhook after) is still one
--- purchase: the report already delivered wins, else the browser's, else the earliest.
-order_reports AS (
-    SELECT s.order_id, s.event_id, s.source_format, s.event_time,
-           EXISTS (SELECT 1 FROM delivery.event_outcomes o
-                   WHERE o.event_id = s.event_id AND o.outcome = 'delivered') AS delivered
-    FROM staging.events s
-    WHERE s.event_type = 'purchase' AND s.duplicate_of IS NULL
-      AND s.order_id IN (SELECT order_id FROM day WHERE event_type = 'purchase')
-),
-order_winners AS (
-    SELECT order_id,
-           arg_min(event_id, (NOT delivered, source_format <> 'shopify_pixel', event_time))
-               AS winner_event_id
-    FROM order_reports
-    GROUP BY order_id
-)
-SELECT d.*, w.winner_event_id AS order_winner_event_id,
-       p.email AS profile_email, p.phone AS profile_phone,
-       p.first_name AS profile_first_name, p.last_name AS profile_last_name,
-       p.city AS profile_city, p.state AS profile_state, p.zip AS profile_zip,
-       p.country AS profile_country, p.customer_id AS profile_customer_id,
-       p.ip AS profile_ip, p.user_agent AS profile_user_agent,
-       c.click_id AS profile_click_id, c.click_time AS profile_click_time
-FROM day d
-LEFT JOIN identity.visitor_profiles p ON p.visitor_id = d.visitor_id
-LEFT JOIN order_winners w ON d.event_type = 'purchase' AND w.order_id = d.order_id
-ASOF LEFT JOIN clicks c ON c.visitor_id = d.visitor_id AND d.event_time >= c.click_time
-ORDER BY d.event_time, d.event_id
-"""
-
-CAPI_SCHEMA = {
-    "partition_date": pl.Date,
-    "event_id": pl.String,
-    "event_name": pl.String,
-    "action_source": pl.String,
-    "event_time": pl.Int64,
-    "source_event_type": pl.String,
-    "store": pl.String,
-    "visitor_id": pl.String,
-    "eligible": pl.Boolean,
-    "skip_reason": pl.String,
-    "has_em": pl.Boolean,
-    "has_ph": pl.Boolean,
-    "has_external_id": pl.Boolean,
-    "has_click_id": pl.Boolean,
-    "has_ip_ua": pl.Boolean,
-    "has_hashed_maids": pl.Boolean,
-    "click_id_from_profile": pl.Boolean,
-    "value": pl.Decimal(18, 2),
-    "currency": pl.String,
-    "payload": pl.String,
-}
 
 
 @asset(
@@ -111,96 +39,130 @@ def pinterest_events(
     whether it is eligible, and the reason when it is not. No raw personal data.
     """
     day = partition_day(context.partition_key)
-    rules = EnrichRules(
-        now=datetime.now(UTC),
-        default_region=settings.default_region,
-        max_event_age=timedelta(days=settings.max_event_age_days),
-        max_future_skew=timedelta(seconds=settings.max_future_skew_seconds),
-        attribution_window=timedelta(days=settings.attribution_window_days),
-    )
+    config = PayloadConfig.from_settings(settings, now=datetime.now(UTC))
     with duckdb.get_connection() as conn:
-        cursor = conn.execute(EVENTS_SQL, {"day": day, "types": sorted(PINTEREST_EVENTS)})
-        columns = [column[0] for column in cursor.description]
-        rows = [dict(zip(columns, values, strict=True)) for values in cursor.fetchall()]
+        built = build_pinterest_events(conn, day, config)
 
-    records = [_record(day, row, rules) for row in rows]
-    frame = pl.DataFrame(records, schema=CAPI_SCHEMA, orient="row")
-    with duckdb.get_connection() as conn:
-        replace_partition(conn, "capi.pinterest_events", day, frame)
-
-    eligible = int(frame["eligible"].sum())
-    reasons = Counter(reason for reason in frame["skip_reason"].to_list() if reason)
-    names = Counter(frame.filter(pl.col("eligible"))["event_name"].to_list())
     context.log.info(
-        f"partition {day}: {frame.height} Pinterest events, {eligible} eligible, "
-        f"skipped {dict(reasons)}"
+        f"partition {day}: {built.rows} Pinterest events, {built.eligible} eligible, "
+        f"skipped {built.skipped_by_reason}, fields left out {built.dropped_by_field}"
     )
+    for field, count in built.not_hashed_on_arrival.items():
+        context.log.warning(
+            f"partition {day}: {count} distinct {field} values were configured to arrive "
+            "hashed but are not SHA-256 digests; they were left out"
+        )
     return MaterializeResult(
         metadata={
-            "dagster/row_count": frame.height,
-            "eligible": eligible,
-            "skipped": frame.height - eligible,
-            "skipped_by_reason": MetadataValue.json(dict(sorted(reasons.items()))),
-            "eligible_by_event": MetadataValue.json(dict(sorted(names.items()))),
-            "em_share_of_eligible": _share(frame, "has_em"),
-            "click_id_share_of_eligible": _share(frame, "has_click_id"),
+            "dagster/row_count": built.rows,
+            "eligible": built.eligible,
+            "skipped": built.rows - built.eligible,
+            "skipped_by_reason": MetadataValue.json(built.skipped_by_reason),
+            "eligible_by_event": MetadataValue.json(built.eligible_by_event),
+            "fields_left_out": MetadataValue.json(built.dropped_by_field),
+            "not_hashed_on_arrival": MetadataValue.json(built.not_hashed_on_arrival),
+            "em_share_of_eligible": built.em_share,
+            "click_id_share_of_eligible": built.click_id_share,
         }
     )
 
 
-def _record(day, row: dict, rules: EnrichRules) -> dict:
-    event = build_event(row, rules)
-    user_data = event.payload["user_data"]
-    return {
-        "partition_date": day,
-        "event_id": event.payload["event_id"],
-        "event_name": event.payload["event_name"],
-        "action_source": event.payload["action_source"],
-        "event_time": event.payload["event_time"],
-        "source_event_type": row["event_type"],
-        "store": row.get("store"),
-        "visitor_id": row.get("visitor_id"),
-        "eligible": event.skip_reason is None,
-        "skip_reason": event.skip_reason,
-        "has_em": "em" in user_data,
-        "has_ph": "ph" in user_data,
-        "has_external_id": "external_id" in user_data,
-        "has_click_id": "click_id" in user_data,
-        "has_ip_ua": "client_ip_address" in user_data and "client_user_agent" in user_data,
-        "has_hashed_maids": "hashed_maids" in user_data,
-        "click_id_from_profile": event.click_id_from_profile,
-        "value": row.get("value"),
-        "currency": (row.get("currency") or None) and row["currency"].upper(),
-        "payload": orjson.dumps(event.payload).decode(),
-    }
-
-
-def _share(frame: pl.DataFrame, column: str) -> float:
-    eligible = frame.filter(pl.col("eligible"))
-    return round(float(eligible[column].mean()), 4) if eligible.height else 0.0
-
-
-# Anything in the capi schema that looks like an email address or a phone number is raw
-# personal data that escaped hashing.
-RAW_PII_SQL = """
-SELECT count(*) FROM capi.pinterest_events
-WHERE regexp_matches(payload, '[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\\.[A-Za-z]{2,}')
-   OR regexp_matches(
-        json_extract_string(payload, '$.user_data.ph[0]'), '^\\+?[0-9 ()-]{7,15}$')
+# Every leaf of every payload, by its path with array indexes folded to [*]. A leaf is allowed
+# when its path is a hashed field holding a lower-case SHA-256, or a field Pinterest takes
+# unhashed; free text must not look like an email address or a phone number anywhere.
+HASHED_PATHS = [f"$.user_data.{field}[*]" for field in HASHED_FIELDS]
+UNHASHED_PATHS = [
+    "$.event_name", "$.action_source", "$.event_time", "$.event_id", "$.event_source_url",
+    "$.opt_out", "$.partner_name", "$.user_data.client_ip_address",
+    "$.user_data.client_user_agent", "$.user_data.click_id", "$.custom_data.currency",
+    "$.custom_data.value", "$.custom_data.content_ids[*]", "$.custom_data.contents[*].id",
+    "$.custom_data.contents[*].item_price", "$.custom_data.contents[*].quantity",
+    "$.custom_data.num_items", "$.custom_data.order_id", "$.custom_data.opt_out_type",
+]
+FREE_TEXT_PATHS = [
+    "$.custom_data.search_string", "$.custom_data.content_category",
+    "$.custom_data.contents[*].item_name", "$.custom_data.contents[*].item_category",
+    "$.custom_data.contents[*].item_brand",
+]
+PAYLOAD_LEAKS_SQL = f"""
+WITH leaves AS (
+    SELECT regexp_replace(t.fullkey, '\\[[0-9]+\\]', '[*]', 'g') AS path,
+           t.atom::VARCHAR AS atom, t.type
+    FROM capi.pinterest_events e, json_tree(e.payload) t
+    WHERE t.type NOT IN ('OBJECT', 'ARRAY')
+      AND ($day IS NULL OR e.partition_date = $day)
+)
+SELECT
+    CASE
+        WHEN list_contains($hashed, path) THEN
+            CASE WHEN NOT regexp_full_match(trim(atom, '"'), '[0-9a-f]{{64}}')
+                 THEN 'a hashed field that is not a lower-case SHA-256' END
+        WHEN list_contains($free_text, path) THEN
+            CASE WHEN regexp_matches(atom, '{EMAIL_SHAPED}')
+                      OR regexp_matches(atom, '{PHONE_SHAPED}')
+                 THEN 'free text shaped like an email address or phone number' END
+        WHEN list_contains($unhashed, path) THEN
+            CASE WHEN regexp_matches(atom, '{EMAIL_SHAPED}')
+                 THEN 'an unhashed field shaped like an email address' END
+        ELSE 'a field Pinterest neither hashes nor takes unhashed'
+    END AS problem,
+    count(*) AS values
+FROM leaves
+GROUP BY ALL
+HAVING problem IS NOT NULL
+"""
+TEXT_COLUMNS_SQL = """
+SELECT table_name, column_name FROM information_schema.columns
+WHERE table_schema = 'capi' AND column_name <> 'payload'
+  AND (data_type LIKE 'VARCHAR%' OR data_type = 'JSON')
+ORDER BY ALL
 """
 
 
+def personal_data_problems(conn, day=None) -> dict[str, int]:
+    """What in the capi schema is neither a hash nor a field Pinterest takes unhashed.
+
+    Args:
+        conn: A connection to the pipeline's DuckDB file.
+        day: Only this partition's payloads (the run's); every payload when None. Other
+            capi tables and columns are read whole.
+
+    Returns:
+        Counts by problem (and, for plain columns, by table and column); empty when clean.
+        Never the values themselves: they may be the personal data the check is looking for.
+    """
+    problems = {problem: int(n) for problem, n in conn.execute(PAYLOAD_LEAKS_SQL, {
+        "hashed": HASHED_PATHS, "unhashed": UNHASHED_PATHS, "free_text": FREE_TEXT_PATHS,
+        "day": day,
+    }).fetchall()}
+    for table, column in conn.execute(TEXT_COLUMNS_SQL).fetchall():
+        leaks = conn.execute(
+            f'SELECT count(*) FROM capi."{table}" '
+            f"WHERE regexp_matches(CAST(\"{column}\" AS VARCHAR), '{EMAIL_SHAPED}')"
+        ).fetchone()[0]
+        if leaks:
+            problems[f"capi.{table}.{column}: shaped like an email address"] = int(leaks)
+    return problems
+
+
 @asset_check(asset=AssetKey(PINTEREST_EVENTS_KEY), blocking=True)
-def no_raw_personal_data(duckdb: WarehouseResource) -> AssetCheckResult:
-    """Blocks delivery when a payload holds an email address or an unhashed phone number."""
+def no_raw_personal_data(
+    context: AssetCheckExecutionContext, duckdb: WarehouseResource
+) -> AssetCheckResult:
+    """Blocks delivery when the capi schema holds anything but hashes and the fields Pinterest
+    takes unhashed: an email- or phone-shaped string, an unhashed value in a hashed field, or
+    a field Pinterest does not know. A partitioned run reads its own day's payloads."""
+    day = partition_day(context.partition_key) if context.has_partition_key else None
     with duckdb.get_connection() as conn:
-        leaks = conn.execute(RAW_PII_SQL).fetchone()[0]
+        problems = personal_data_problems(conn, day)
+    leaks = sum(problems.values())
     return AssetCheckResult(
         passed=leaks == 0,
-        metadata={"payloads_with_raw_personal_data": leaks},
+        metadata={"values_with_raw_personal_data": leaks,
+                  "problems": MetadataValue.json(problems)},
         description=None if leaks == 0 else (
-            f"{leaks} payloads in capi.pinterest_events hold an email address or phone number "
-            "in clear: a normalization rule is passing raw values through; nothing is sent "
-            "until it is fixed."
+            f"{leaks} values in the capi schema are neither hashes nor fields Pinterest takes "
+            "unhashed (see the problems); a normalization rule is passing raw values through, "
+            "and nothing is sent until it is fixed."
         ),
     )

@@ -9,6 +9,10 @@ win over its own contradictory examples; the golden cases are in
 
 A rule returns ``None`` when the value must be left out of ``user_data``: Pinterest should
 never receive the hash of a placeholder, an empty string or a value we could not make sense of.
+
+The enrich stage applies the rules through :func:`normalize_distinct`, once per distinct value
+of a day (and country, for the rules marked ``uses_country``), and hashes the texts in DuckDB;
+:func:`hash_field` is the same rule and hash for one value.
 """
 
 from __future__ import annotations
@@ -473,8 +477,12 @@ def _external_id(value: str, country: str | None) -> str:
     return value
 
 
-def _mobile_ad_id(value: str, country: str | None) -> str:
-    return value.lower()
+def _mobile_ad_id(value: str, country: str | None) -> str | None:
+    text = value.lower()
+    # A device with ad tracking limited reports the all-zero id: it names nobody.
+    if set(text) <= {"0", "-"}:
+        return None
+    return text
 
 
 @dataclass(frozen=True)
@@ -491,6 +499,7 @@ class Rule:
     field: str
     description: str
     normalize: Callable[[str, str | None], str | None]
+    uses_country: bool = False
 
 
 RULES: dict[str, Rule] = {
@@ -507,6 +516,7 @@ RULES: dict[str, Rule] = {
             "E.164 digits without '+': country code from the number, else the event's "
             "country, else the default region; only valid, non-repeated numbers.",
             _phone,
+            uses_country=True,
         ),
         Rule("ge", "'f', 'm' or 'n' from common words; anything else left out.", _gender),
         Rule(
@@ -523,12 +533,14 @@ RULES: dict[str, Rule] = {
             "Two-letter lower-case code for US states and Canadian provinces; elsewhere a "
             "short alphanumeric code.",
             _state,
+            uses_country=True,
         ),
         Rule(
             "zp",
             "US: the first five digits. Elsewhere the local code, lower case, without spaces "
             "or hyphens; letters kept.",
             _zip,
+            uses_country=True,
         ),
         Rule("country", "ISO 3166-1 alpha-2, lower case.", _country),
         Rule(
@@ -539,7 +551,7 @@ RULES: dict[str, Rule] = {
         Rule(
             "hashed_maids",
             "Lower case: GAIDs are lower-case UUIDs and IDFAs the same UUIDs in upper case, "
-            "so one form makes them comparable.",
+            "so one form makes them comparable; the all-zero id of a limited device left out.",
             _mobile_ad_id,
         ),
     )
@@ -551,6 +563,7 @@ def normalize(
     value: object,
     country: str | None = None,
     default_region: str | None = None,
+    arrives_hashed: bool = False,
 ) -> str | None:
     """Normalize one value of a ``user_data`` field, ready to hash.
 
@@ -562,6 +575,8 @@ def normalize(
         value: The raw value.
         country: The event's country (alpha-2, alpha-3 or name), used by phone, state and zip.
         default_region: The configured country used when the event's is missing or unknown.
+        arrives_hashed: The source is configured to send this field hashed: anything but a
+            digest is left out, because hashing a hash-shaped mistake would never match.
 
     Returns:
         The normalized text, or ``None`` when the field must be left out.
@@ -575,6 +590,8 @@ def normalize(
         return None
     if is_sha256(text):
         return text.lower()
+    if arrives_hashed:
+        return None
     region = country_code(country) if country is not None else None
     if region is None and default_region is not None:
         region = country_code(default_region)
@@ -586,6 +603,7 @@ def hash_field(
     value: object,
     country: str | None = None,
     default_region: str | None = None,
+    arrives_hashed: bool = False,
 ) -> str | None:
     """Return what Pinterest receives for one value: its SHA-256 hex digest.
 
@@ -594,6 +612,7 @@ def hash_field(
         value: The raw value.
         country: The event's country (alpha-2, alpha-3 or name).
         default_region: The configured country used when the event's is missing or unknown.
+        arrives_hashed: Leave out anything that is not already a digest (see :func:`normalize`).
 
     Returns:
         The hex digest of the normalized value, the value itself (lower-cased) when it was
@@ -603,5 +622,39 @@ def hash_field(
     text = clean(value)
     if text is not None and is_sha256(text):
         return text.lower()
-    normalized = normalize(field, text, country, default_region)
+    normalized = normalize(field, text, country, default_region, arrives_hashed)
     return sha256_hex(normalized) if normalized else None
+
+
+def normalize_distinct(
+    field: str,
+    values: list[object],
+    countries: list[str | None] | None = None,
+    default_region: str | None = None,
+    arrives_hashed: bool = False,
+) -> tuple[list[str | None], list[bool]]:
+    """Normalize many distinct values of one field: the texts to hash, and which are digests.
+
+    The fast path of enrich calls this once per field over the day's distinct values (and,
+    for fields whose rule reads the country, distinct value and country pairs), then hashes
+    the texts in DuckDB. A value flagged as a digest is sent as it is, never hashed again.
+
+    Args:
+        field: A key of :data:`RULES`.
+        values: Raw values, each once.
+        countries: The country of each value, for the rules that read it; ``None`` otherwise.
+        default_region: The configured country used when the event's is missing or unknown.
+        arrives_hashed: Leave out anything that is not already a digest.
+
+    Returns:
+        ``(texts, is_digest)``, both in the order of ``values``; a text is ``None`` when the
+        value must be left out.
+    """
+    countries = countries if countries is not None else [None] * len(values)
+    texts: list[str | None] = []
+    digests: list[bool] = []
+    for value, country in zip(values, countries, strict=True):
+        text = normalize(field, value, country, default_region, arrives_hashed)
+        texts.append(text)
+        digests.append(text is not None and is_sha256(text) and is_sha256(clean(value) or ""))
+    return texts, digests

@@ -322,8 +322,19 @@ CREATE TABLE IF NOT EXISTS capi.pinterest_events (
     click_id_from_profile BOOLEAN NOT NULL,
     value DECIMAL(18, 2),
     currency VARCHAR,
-    payload JSON NOT NULL
+    payload JSON NOT NULL,
+    -- The source's own event name, whether the event is sent opted out or under LDP, and the
+    -- fields that arrived but were left out (invalid, placeholder, contact-shaped text).
+    source_event_name VARCHAR,
+    opt_out BOOLEAN,
+    ldp BOOLEAN,
+    dropped_fields VARCHAR[]
 );
+-- Files written before these columns existed gain them.
+ALTER TABLE capi.pinterest_events ADD COLUMN IF NOT EXISTS source_event_name VARCHAR;
+ALTER TABLE capi.pinterest_events ADD COLUMN IF NOT EXISTS opt_out BOOLEAN;
+ALTER TABLE capi.pinterest_events ADD COLUMN IF NOT EXISTS ldp BOOLEAN;
+ALTER TABLE capi.pinterest_events ADD COLUMN IF NOT EXISTS dropped_fields VARCHAR[];
 
 -- The delivery ledger: append-only. One row per HTTP request sent.
 CREATE TABLE IF NOT EXISTS delivery.requests (
