@@ -55,8 +55,10 @@ class Warehouse:
             self.conn.execute(f"INSERT INTO staging.events ({columns}) VALUES ({marks})",
                               list(row.values()))
             if visitor:
-                self.conn.execute("INSERT INTO identity.event_visitors VALUES (?, ?, ?)",
-                                  [row["event_key"], row["partition_date"], visitor])
+                self.conn.execute(
+                    "INSERT INTO identity.event_visitors (event_key, partition_date, visitor_id, "
+                    "event_time, node_ids, anchor_node_id) VALUES (?, ?, ?, ?, [], 0)",
+                    [row["event_key"], row["partition_date"], visitor, row["event_time"]])
         if visitor and profile is not None:
             fields = {"visitor_id": visitor, "identifiers": 1, "events": len(rows), **profile}
             columns = ", ".join(fields)
