@@ -115,8 +115,10 @@ SELECT
 FROM numbered
 """
 FILL_VISITORS_SQL = """
-INSERT INTO identity.event_visitors
-SELECT event_key, partition_date, 'v' || split_part(client_id, '-', 2) FROM staging.events;
+INSERT INTO identity.event_visitors (event_key, partition_date, visitor_id, event_time, node_ids,
+                                     anchor_node_id)
+SELECT event_key, partition_date, 'v' || split_part(client_id, '-', 2), event_time, [], 0
+FROM staging.events;
 INSERT INTO identity.visitor_profiles BY NAME
 SELECT 'v' || split_part(client_id, '-', 2) AS visitor_id, 1 AS identifiers,
        count(*) AS events, min(event_time) AS first_seen, max(event_time) AS last_seen,
