@@ -104,6 +104,7 @@ def main() -> int:
             "pinterest": PinterestResource(base_url=emulator.base_url, ad_account_id=ACCOUNT,
                                            access_token=TOKEN),
             "dbt": definitions.defs.resources["dbt"],
+            "monitoring": definitions.defs.resources["monitoring"],
         }
         instance = DagsterInstance.ephemeral()
         total_started = time.perf_counter()
