@@ -15,7 +15,8 @@ empty file.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 
@@ -150,6 +151,22 @@ def _statements(sql: str) -> Iterable[str]:
             yield statement
 
 
+@contextmanager
+def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """Run the block in one transaction: committed when it ends, rolled back when it raises.
+
+    DuckDB writes one attached file per transaction, so a block writes the warehouse file or
+    the personal-data file, not both.
+    """
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
 def replace_partition(
     conn: duckdb.DuckDBPyConnection,
     table: str,
@@ -161,15 +178,9 @@ def replace_partition(
     Columns are matched by name, so a frame may omit columns that have defaults.
     Returns the number of rows inserted.
     """
-    conn.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(conn):
         conn.execute(f"DELETE FROM {table} WHERE partition_date = ?", [partition_date])
-        inserted = insert_frame(conn, table, frame)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    return inserted
+        return insert_frame(conn, table, frame)
 
 
 def insert_frame(conn: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame) -> int:

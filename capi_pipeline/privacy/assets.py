@@ -4,6 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 from dagster import AssetExecutionContext, MaterializeResult, asset
 
+from capi_pipeline.lib.duck import transaction
 from capi_pipeline.lib.tags import WRITER
 from capi_pipeline.resources import PipelineSettings, WarehouseResource
 
@@ -30,8 +31,7 @@ def retention(
     cutoff = datetime.now(UTC).date() - timedelta(days=settings.retention_days)
     purged: dict[str, int] = {}
     with duckdb.get_connection() as conn:
-        conn.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(conn):
             conn.execute(
                 "INSERT INTO privacy.purged_days SELECT DISTINCT partition_date, now() "
                 "FROM staging.events WHERE partition_date < ? AND partition_date NOT IN "
@@ -39,10 +39,6 @@ def retention(
             for table in PURGED_TABLES:
                 purged[table] = conn.execute(
                     f"DELETE FROM {table} WHERE partition_date < ?", [cutoff]).fetchall()[0][0]
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
     total = sum(purged.values())
     context.log.info(f"purged {total} rows from before {cutoff}: {purged}")
     return MaterializeResult(metadata={

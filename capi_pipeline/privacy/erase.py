@@ -19,13 +19,12 @@ the CHECKPOINT that ends the erasure, not overwritten byte by byte.
 from __future__ import annotations
 
 import secrets
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import duckdb
 
 from capi_pipeline.enrich.normalize import clean, hash_field, normalize, sha256_hex
-from capi_pipeline.lib.duck import PERSONAL_CATALOG, PERSONAL_SCHEMAS
+from capi_pipeline.lib.duck import PERSONAL_CATALOG, PERSONAL_SCHEMAS, transaction
 
 # Values this long are searched for inside JSON bodies and free text; shorter ones (a state
 # code, a first name) also occur inside strangers' rows and are only matched whole.
@@ -74,16 +73,16 @@ def erase_person(
     # DuckDB writes one attached file per transaction. Suppression comes first, so nothing is
     # sent while the rest runs; then the warehouse file, then the personal-data file, so a
     # crash part-way leaves the person findable and the command can simply be run again.
-    with _transaction(conn):
+    with transaction(conn):
         _suppress(conn, wanted)
-    with _transaction(conn):
+    with transaction(conn):
         counts["capi.pinterest_events"] = _delete_payloads(conn, person)
         counts["delivery.event_outcomes (messages cleared)"] = conn.execute(
             "UPDATE delivery.event_outcomes SET error_message = NULL, warning_message = NULL "
             "WHERE event_id IN (SELECT unnest($ids)) AND (error_message IS NOT NULL OR "
             "warning_message IS NOT NULL) AND outcome <> 'skipped'",
             {"ids": sorted(person.event_ids) or [""]}).fetchall()[0][0]
-    with _transaction(conn):
+    with transaction(conn):
         for table, columns in _personal_tables(conn):
             counts[table.replace(f"{PERSONAL_CATALOG}.", "").replace('"', "")] = (
                 _delete_matching(conn, table, columns, person))
@@ -92,17 +91,6 @@ def erase_person(
     conn.execute("CHECKPOINT")
     conn.execute(f"CHECKPOINT {PERSONAL_CATALOG}")
     return {table: count for table, count in counts.items() if count}
-
-
-@contextmanager
-def _transaction(conn):
-    conn.execute("BEGIN TRANSACTION")
-    try:
-        yield
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
 
 
 def _find(conn, wanted: dict[str, str | None], region: str) -> Person:
