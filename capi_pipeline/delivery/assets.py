@@ -28,7 +28,7 @@ from capi_pipeline.delivery.ledger import (
     record_skipped,
 )
 from capi_pipeline.lib.tags import NETWORK
-from capi_pipeline.partitions import daily_partitions, partition_day
+from capi_pipeline.partitions import backfill_policy, daily_partitions, over_days, partition_days
 from capi_pipeline.pinterest.client import PinterestAuthError
 from capi_pipeline.resources import PinterestResource, WarehouseResource
 
@@ -57,13 +57,29 @@ REQUESTS = ["delivery", "requests"]
     ],
     partitions_def=daily_partitions,
     op_tags=NETWORK,
+    backfill_policy=backfill_policy,
 )
 def delivery_ledger(
     context: AssetExecutionContext, duckdb: WarehouseResource, pinterest: PinterestResource
 ):
-    """Send each destination the day's eligible events that have no final outcome yet."""
-    day = partition_day(context.partition_key)
+    """Send each destination the day's eligible events that have no final outcome yet.
+
+    A run over several days sends them oldest first and stops at the first day that leaves
+    events pending; what was sent stays recorded, so the rerun sends only the rest.
+    """
     destinations = destinations_or_fail(pinterest)
+    per_day = {day: _deliver_day(context, duckdb, pinterest, destinations, day)
+               for day in partition_days(context)}
+    metadata = over_days(per_day)
+    if len(per_day) > 1:
+        metadata["requests"] = sum(day["requests"] for day in per_day.values())
+        metadata["delivered"] = sum(day["delivered"] for day in per_day.values())
+    yield MaterializeResult(asset_key=EVENT_OUTCOMES, metadata=metadata)
+    yield MaterializeResult(asset_key=REQUESTS, metadata={"requests": metadata["requests"]})
+
+
+def _deliver_day(context: AssetExecutionContext, duckdb: WarehouseResource,
+                 pinterest: PinterestResource, destinations: list[Destination], day) -> dict:
     with duckdb.get_connection() as conn:
         stores = partition_stores(conn, day)
 
@@ -73,7 +89,7 @@ def delivery_ledger(
     for destination in destinations:
         plan = plan_for(pinterest, destination, stores_for(destination, stores, destinations),
                         selection="resend" if pinterest.resend else "due", day=day,
-                        dry_run_partition=context.partition_key)
+                        dry_run_partition=day.isoformat())
         context.log.info(f"partition {day}: sending to {destination.ledger_name}"
                          + (" (resending everything)" if pinterest.resend else ""))
         totals = deliver_or_fail(context, duckdb, plan)
@@ -120,8 +136,7 @@ def delivery_ledger(
             ),
             metadata=metadata,
         )
-    yield MaterializeResult(asset_key=EVENT_OUTCOMES, metadata=metadata)
-    yield MaterializeResult(asset_key=REQUESTS, metadata={"requests": metadata["requests"]})
+    return metadata
 
 
 def plan_for(

@@ -17,7 +17,13 @@ from capi_pipeline.enrich.build import EMAIL_SHAPED, PHONE_SHAPED, build_pintere
 from capi_pipeline.enrich.normalize import HASHED_FIELDS
 from capi_pipeline.enrich.payload import PayloadConfig
 from capi_pipeline.lib.tags import WRITER
-from capi_pipeline.partitions import daily_partitions, partition_day
+from capi_pipeline.partitions import (
+    backfill_policy,
+    daily_partitions,
+    over_days,
+    partition_day,
+    partition_days,
+)
 from capi_pipeline.resources import PipelineSettings, WarehouseResource
 
 PINTEREST_EVENTS_KEY = ["capi", "pinterest_events"]
@@ -30,6 +36,7 @@ PINTEREST_EVENTS_KEY = ["capi", "pinterest_events"]
     group_name="enrich",
     op_tags=WRITER,
     kinds={"duckdb"},
+    backfill_policy=backfill_policy,
 )
 def pinterest_events(
     context: AssetExecutionContext, duckdb: WarehouseResource, settings: PipelineSettings
@@ -38,8 +45,14 @@ def pinterest_events(
     will receive (SHA-256 hashes, plus the IP, user agent and click id it takes unhashed),
     whether it is eligible, and the reason when it is not. No raw personal data.
     """
-    day = partition_day(context.partition_key)
     config = PayloadConfig.from_settings(settings, now=datetime.now(UTC))
+    per_day = {day: _build_day(context, duckdb, config, day) for day in partition_days(context)}
+    return MaterializeResult(metadata=over_days(per_day))
+
+
+def _build_day(
+    context: AssetExecutionContext, duckdb: WarehouseResource, config: PayloadConfig, day
+) -> dict:
     with duckdb.get_connection() as conn:
         built = build_pinterest_events(conn, day, config)
 
@@ -52,19 +65,17 @@ def pinterest_events(
             f"partition {day}: {count} distinct {field} values were configured to arrive "
             "hashed but are not SHA-256 digests; they were left out"
         )
-    return MaterializeResult(
-        metadata={
-            "dagster/row_count": built.rows,
-            "eligible": built.eligible,
-            "skipped": built.rows - built.eligible,
-            "skipped_by_reason": MetadataValue.json(built.skipped_by_reason),
-            "eligible_by_event": MetadataValue.json(built.eligible_by_event),
-            "fields_left_out": MetadataValue.json(built.dropped_by_field),
-            "not_hashed_on_arrival": MetadataValue.json(built.not_hashed_on_arrival),
-            "em_share_of_eligible": built.em_share,
-            "click_id_share_of_eligible": built.click_id_share,
-        }
-    )
+    return {
+        "dagster/row_count": built.rows,
+        "eligible": built.eligible,
+        "skipped": built.rows - built.eligible,
+        "skipped_by_reason": MetadataValue.json(built.skipped_by_reason),
+        "eligible_by_event": MetadataValue.json(built.eligible_by_event),
+        "fields_left_out": MetadataValue.json(built.dropped_by_field),
+        "not_hashed_on_arrival": MetadataValue.json(built.not_hashed_on_arrival),
+        "em_share_of_eligible": built.em_share,
+        "click_id_share_of_eligible": built.click_id_share,
+    }
 
 
 # Every leaf of every payload, by its path with array indexes folded to [*]. A leaf is allowed

@@ -11,7 +11,7 @@ from dagster import (
 from capi_pipeline.delivery.destinations import stores_for
 from capi_pipeline.delivery.ledger import partition_stores
 from capi_pipeline.lib.tags import WRITER
-from capi_pipeline.partitions import daily_partitions, partition_day
+from capi_pipeline.partitions import backfill_policy, daily_partitions, over_days, partition_days
 from capi_pipeline.resources import PinterestResource, WarehouseResource
 
 MATCH_RATE = ["monitoring", "match_rate"]
@@ -119,6 +119,7 @@ HEADLINE_SHARES = {
     group_name="monitoring",
     op_tags=WRITER,
     kinds={"duckdb"},
+    backfill_policy=backfill_policy,
 )
 def match_rate(
     context: AssetExecutionContext, duckdb: WarehouseResource, pinterest: PinterestResource
@@ -130,8 +131,14 @@ def match_rate(
     events carrying an email, phone, customer id or click id) and the match score (0-100,
     identifier coverage weighted by the components of Pinterest's Event Quality Score).
     """
-    day = partition_day(context.partition_key)
     destinations = pinterest.destinations()
+    per_day = {day: _rate_day(context, duckdb, destinations, day)
+               for day in partition_days(context)}
+    return MaterializeResult(metadata=over_days(per_day))
+
+
+def _rate_day(context: AssetExecutionContext, duckdb: WarehouseResource, destinations,
+              day) -> dict:
     with duckdb.get_connection() as conn:
         stores = partition_stores(conn, day)
         conn.execute("BEGIN TRANSACTION")
@@ -168,7 +175,7 @@ def match_rate(
     else:
         context.log.info(f"partition {day}: no Pinterest events for any destination")
     metadata["by_event"] = MetadataValue.md(markdown_table(rows))
-    return MaterializeResult(metadata=metadata)
+    return metadata
 
 
 def day_rows(conn, day) -> list[dict]:

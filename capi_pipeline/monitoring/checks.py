@@ -1,5 +1,6 @@
 """The monitoring checks: each judges one daily partition and, when it fails, says in its
-first line what is wrong and what to do."""
+first line what is wrong and what to do. A run over a range of days (a backfill) judges each
+day and reports the worst."""
 
 
 from dagster import (
@@ -14,7 +15,7 @@ from capi_pipeline.delivery.destinations import stores_for
 from capi_pipeline.delivery.ledger import partition_stores
 from capi_pipeline.monitoring.assets import MATCH_RATE, is_live
 from capi_pipeline.monitoring.settings import MonitoringSettings
-from capi_pipeline.partitions import daily_partitions, partition_day
+from capi_pipeline.partitions import daily_partitions, partition_days, worst_day
 from capi_pipeline.resources import PinterestResource, WarehouseResource
 
 EVENT_OUTCOMES = ["delivery", "event_outcomes"]
@@ -38,7 +39,14 @@ def match_score_above_floor(
     monitoring: MonitoringSettings,
 ) -> AssetCheckResult:
     """Warns when a live destination's match score for the day is below the configured floor."""
-    day = partition_day(context.partition_key)
+    return worst_day({day: _match_score_above_floor(context, duckdb, monitoring, day)
+                      for day in partition_days(context)})
+
+
+def _match_score_above_floor(
+    context: AssetCheckExecutionContext, duckdb: WarehouseResource,
+    monitoring: MonitoringSettings, day,
+) -> AssetCheckResult:
     floor = monitoring.match_score_floor
     with duckdb.get_connection() as conn:
         rows = conn.execute(
@@ -72,7 +80,14 @@ def pinterest_processed_what_was_sent(
     monitoring: MonitoringSettings,
 ) -> AssetCheckResult:
     """Fails when Pinterest processed less than 95% (configurable) of the events sent that day."""
-    day = partition_day(context.partition_key)
+    return worst_day({day: _pinterest_processed_what_was_sent(context, duckdb, monitoring, day)
+                      for day in partition_days(context)})
+
+
+def _pinterest_processed_what_was_sent(
+    context: AssetCheckExecutionContext, duckdb: WarehouseResource,
+    monitoring: MonitoringSettings, day,
+) -> AssetCheckResult:
     floor = monitoring.processed_share_floor
     with duckdb.get_connection() as conn:
         worst = conn.execute(
@@ -112,7 +127,14 @@ def every_eligible_event_has_an_outcome(
 ) -> AssetCheckResult:
     """Fails when an eligible event of the day has no outcome (or only a skip) in the ledger
     of a destination its store is routed to."""
-    day = partition_day(context.partition_key)
+    return worst_day({day: _every_eligible_event_has_an_outcome(context, duckdb, pinterest, day)
+                      for day in partition_days(context)})
+
+
+def _every_eligible_event_has_an_outcome(
+    context: AssetCheckExecutionContext, duckdb: WarehouseResource,
+    pinterest: PinterestResource, day,
+) -> AssetCheckResult:
     destinations = pinterest.destinations()
     missing: dict[str, int] = {}
     with duckdb.get_connection() as conn:
@@ -157,7 +179,14 @@ def event_id_unique_per_destination_and_day(
 ) -> AssetCheckResult:
     """Fails when two of a day's events going to one destination share an event_id, which
     Pinterest would take for one event (it de-duplicates on event_id)."""
-    day = partition_day(context.partition_key)
+    return worst_day({day: _event_id_unique_per_destination_and_day(context, duckdb, pinterest, day)
+                      for day in partition_days(context)})
+
+
+def _event_id_unique_per_destination_and_day(
+    context: AssetCheckExecutionContext, duckdb: WarehouseResource,
+    pinterest: PinterestResource, day,
+) -> AssetCheckResult:
     destinations = pinterest.destinations()
     duplicated: dict[str, int] = {}
     with duckdb.get_connection() as conn:
@@ -198,7 +227,13 @@ def no_raw_personal_data_in_capi_and_monitoring(
 ) -> AssetCheckResult:
     """Fails when a text column of any table in the capi or monitoring schema holds an email
     address or a phone number in clear (the day's rows, for tables with partition_date)."""
-    day = partition_day(context.partition_key)
+    return worst_day({day: _no_raw_personal_data_in_capi_and_monitoring(context, duckdb, day)
+                      for day in partition_days(context)})
+
+
+def _no_raw_personal_data_in_capi_and_monitoring(
+    context: AssetCheckExecutionContext, duckdb: WarehouseResource, day,
+) -> AssetCheckResult:
     found: dict[str, int] = {}
     with duckdb.get_connection() as conn:
         for table, columns, partitioned in text_columns(conn):

@@ -19,7 +19,7 @@ from tenacity import Retrying, retry_if_result, stop_after_attempt, wait_exponen
 from capi_pipeline.lib.tags import WRITER
 from capi_pipeline.monitoring.assets import MATCH_RATE
 from capi_pipeline.monitoring.settings import MonitoringSettings
-from capi_pipeline.partitions import daily_partitions, partition_day
+from capi_pipeline.partitions import backfill_policy, daily_partitions, over_days, partition_days
 from capi_pipeline.resources import PinterestResource, WarehouseResource
 
 PINTEREST_EQS = ["monitoring", "pinterest_eqs"]
@@ -87,6 +87,7 @@ def eqs_rows(scores: list[dict], day: date, destination: str, fetched_at: dateti
     group_name="monitoring",
     op_tags=WRITER,
     kinds={"duckdb"},
+    backfill_policy=backfill_policy,
 )
 def pinterest_eqs(
     context: AssetExecutionContext, duckdb: WarehouseResource, pinterest: PinterestResource,
@@ -96,16 +97,22 @@ def pinterest_eqs(
     after the partition (the view monitoring.eqs_comparison sets our coverage beside it).
     Read only when PINTEREST_EQS_TOKEN is set, and only for yesterday's or today's partition.
     """
-    day = partition_day(context.partition_key)
     if not monitoring.eqs_access_token:
         context.log.info("PINTEREST_EQS_TOKEN is not set: Pinterest's event quality score "
                          "is not read")
         return MaterializeResult(metadata={"read": False, "reason": "no token configured"})
+    per_day = {day: _read_day(context, duckdb, pinterest, monitoring, day)
+               for day in partition_days(context)}
+    return MaterializeResult(metadata=over_days(per_day))
+
+
+def _read_day(context: AssetExecutionContext, duckdb: WarehouseResource,
+              pinterest: PinterestResource, monitoring: MonitoringSettings, day) -> dict:
     today = datetime.now(UTC).date()
     if day < today - timedelta(days=1):
         context.log.info(f"partition {day}: Pinterest scores only the last "
                          f"{monitoring.eqs_lookback_period}; older days keep what was read")
-        return MaterializeResult(metadata={"read": False, "reason": "partition too old"})
+        return {"read": False, "reason": "partition too old"}
 
     fetched_at = datetime.now(UTC)
     rows, statuses = [], {}
@@ -130,8 +137,8 @@ def pinterest_eqs(
         conn.execute("COMMIT")
     context.log.info(f"partition {day}: Pinterest's event quality score {statuses}")
     email = [row[8] for row in rows if row[6] == "hashed_email" and row[8] is not None]
-    return MaterializeResult(metadata={
+    return {
         "read": True, "dagster/row_count": len(rows),
         "hashed_email_coverage_min": min(email) if email else 0.0,
         "overall_status": MetadataValue.json(statuses),
-    })
+    }

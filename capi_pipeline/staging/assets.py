@@ -10,7 +10,12 @@ import polars as pl
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 
 from capi_pipeline.lib.tags import WRITER
-from capi_pipeline.partitions import daily_partitions, partition_day
+from capi_pipeline.partitions import (
+    backfill_policy,
+    daily_partitions,
+    over_days,
+    partition_days,
+)
 from capi_pipeline.resources import WarehouseResource
 from capi_pipeline.staging.extract import content_event_id, extract
 from capi_pipeline.staging.sql import write_staging
@@ -72,6 +77,7 @@ FILLABLE = (
     group_name="staging",
     op_tags=WRITER,
     kinds={"duckdb"},
+    backfill_policy=backfill_policy,
 )
 def staging_events(context: AssetExecutionContext, duckdb: WarehouseResource) -> MaterializeResult:
     """One typed row per event of the day: who (ids, contact, address, IP, user agent), what
@@ -81,7 +87,11 @@ def staging_events(context: AssetExecutionContext, duckdb: WarehouseResource) ->
     same rows. `reference_rows` below is the same logic in Python, kept as the oracle the tests
     compare the SQL with.
     """
-    day = partition_day(context.partition_key)
+    per_day = {day: _stage_day(context, duckdb, day) for day in partition_days(context)}
+    return MaterializeResult(metadata=over_days(per_day))
+
+
+def _stage_day(context: AssetExecutionContext, duckdb: WarehouseResource, day) -> dict:
     with duckdb.get_connection() as conn:
         rows = write_staging(conn, day)
         live, bots, tests = conn.execute(
@@ -96,16 +106,14 @@ def staging_events(context: AssetExecutionContext, duckdb: WarehouseResource) ->
         f"partition {day}: {rows} rows, {live} distinct events, "
         f"{duplicates} duplicates, {bots} from bots, {tests} test"
     )
-    return MaterializeResult(
-        metadata={
-            "dagster/row_count": rows,
-            "distinct_events": live,
-            "duplicates": duplicates,
-            "bots": bots,
-            "test_events": tests,
-            "by_event_type": MetadataValue.json(dict(sorted(types.items()))),
-        }
-    )
+    return {
+        "dagster/row_count": rows,
+        "distinct_events": live,
+        "duplicates": duplicates,
+        "bots": bots,
+        "test_events": tests,
+        "by_event_type": MetadataValue.json(dict(sorted(types.items()))),
+    }
 
 
 RAW_QUERY = """
