@@ -3,7 +3,7 @@
 import sys
 from pathlib import Path
 
-from dagster import Definitions, in_process_executor, load_asset_checks_from_modules
+from dagster import Definitions, load_asset_checks_from_modules
 from dagster_dbt import DbtCliResource
 
 from capi_pipeline.delivery import assets as delivery
@@ -24,19 +24,18 @@ from capi_pipeline.schedules import (
     daily_schedule,
     freshness_checks,
     freshness_sensor,
+    step_processes,
 )
 from capi_pipeline.staging import assets as staging
 
 STAGES = (ingest, staging, identity, enrich, delivery, monitoring, monitoring_checks)
 
-# Materializations started by hand (the UI's Materialize button, `dagster asset materialize`)
-# run their steps in one process: the stages form a chain, so step processes would add nothing
-# but their start-up. DuckDB writers of different runs still take turns: every writer step is
-# in the `capi_duckdb` concurrency pool (lib/tags.py), limited to one by deploy/dagster.yaml.
-executor = in_process_executor
-
-# The daily job (capi_pipeline/schedules.py), which the schedule and backfills run, uses
-# Dagster's multiprocess executor instead; see schedules.step_processes.
+# Every run uses Dagster's multiprocess executor (schedules.step_processes): steps forked from
+# a server that imported this module once, one DuckDB writer at a time within a run, and the
+# `capi_duckdb` pool (lib/tags.py, deploy/dagster.yaml) across runs, while delivery, which only
+# waits on the network, runs beside the writers. A backfill launched on the assets is one run
+# over its range of days (partitions.backfill_policy).
+executor = step_processes
 
 
 def _dbt_executable() -> str:
