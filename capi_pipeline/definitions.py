@@ -24,6 +24,7 @@ from capi_pipeline.schedules import (
     daily_schedule,
     freshness_checks,
     freshness_sensor,
+    marts_job,
     step_processes,
 )
 from capi_pipeline.staging import assets as staging
@@ -58,7 +59,7 @@ defs = Definitions(
         privacy.retention,
     ],
     asset_checks=[*load_asset_checks_from_modules(list(STAGES)), *freshness_checks],
-    jobs=[daily_pipeline_job, replay_dead_letters_job],
+    jobs=[daily_pipeline_job, marts_job, replay_dead_letters_job],
     schedules=[daily_schedule],
     sensors=[freshness_sensor, landing_sensor],
     resources={
