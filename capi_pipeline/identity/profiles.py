@@ -183,19 +183,21 @@ LATEST_FIELDS = {
 }
 
 
-def _merge_sql() -> str:
+def _merged_profiles_sql() -> str:
+    """The extended visitors' profiles combined with the days read, as whole rows."""
     later = "d.{seen} IS NOT NULL AND (p.{seen} IS NULL OR d.{seen} >= p.{seen})"
     values = [
-        f"{field} = CASE WHEN {later.format(seen=seen)} THEN d.{field} ELSE p.{field} END"
+        f"CASE WHEN {later.format(seen=seen)} THEN d.{field} ELSE p.{field} END AS {field}"
         for field, seen in LATEST_FIELDS.items()
     ]
-    times = [f"{seen} = greatest(p.{seen}, d.{seen})"
+    times = [f"greatest(p.{seen}, d.{seen}) AS {seen}"
              for seen in dict.fromkeys([*LATEST_FIELDS.values(), "name_seen_at"])]
     return (
-        "UPDATE identity.visitor_profiles p SET " + ", ".join(values + times)
-        + ", events = p.events + d.events, first_seen = least(p.first_seen, d.first_seen), "
-        "last_seen = greatest(p.last_seen, d.last_seen) "
-        "FROM day_profiles d WHERE p.visitor_id = d.visitor_id"
+        "CREATE OR REPLACE TEMP TABLE merged_profiles AS SELECT p.* REPLACE ("
+        + ", ".join(values + times)
+        + ", p.events + d.events AS events, least(p.first_seen, d.first_seen) AS first_seen, "
+        "greatest(p.last_seen, d.last_seen) AS last_seen) "
+        "FROM identity.visitor_profiles p JOIN day_profiles d USING (visitor_id)"
     )
 
 
@@ -212,7 +214,14 @@ def refresh_profiles(conn: duckdb.DuckDBPyConnection) -> None:
     conn.execute("CREATE OR REPLACE TEMP TABLE day_profiles AS " + PROFILES_SQL.format(
         which="partition_date IN (SELECT partition_date FROM run_days) "
               "AND visitor_id IN (SELECT visitor_id FROM extended_visitors)"))
-    conn.execute(_merge_sql())
+    # Replaced as whole rows rather than updated column by column: an UPDATE of every column
+    # of rows spread over the table makes the commit rewrite the whole table's columns.
+    conn.execute(_merged_profiles_sql())
+    conn.execute("""
+        DELETE FROM identity.visitor_profiles
+        WHERE visitor_id IN (SELECT visitor_id FROM merged_profiles)
+    """)
+    conn.execute("INSERT INTO identity.visitor_profiles BY NAME SELECT * FROM merged_profiles")
 
 
 def write_refused_edges(conn: duckdb.DuckDBPyConnection) -> None:
