@@ -9,15 +9,20 @@ phone, a customer id, checkout tokens), a few thousand long chains (cookie, emai
 email ... growing across days, each below the hub limits) and one 50,000-cookie trap built
 around one shared address.
 
-Each figure is the median of --runs runs, each in a fresh process working on a fresh copy of
-the file, so the peak resident memory printed (DuckDB included) is that step's alone:
+The input is generated once; each figure is the median of --runs runs, each in a fresh process
+working on a fresh copy of a prepared file, so the peak resident memory printed (DuckDB
+included) is that step's alone. Every step is `build_identity`, the asset's code path:
 
-- first build: identity over every staged day at once, from staging (normalization included);
-- full recompute: what a re-run staged day costs (that day reread, everything recomputed from
-  the per-day identity tables);
-- incremental day: one new staged day added to the other days' graph;
+- first build: identity over days 1-29 at once, from staging (every distinct email and phone
+  normalized, every event's row written); its result is the base of the incremental day;
+- incremental day: day 30 added to that graph (the pipeline's daily run); its result is the
+  base of the full recompute;
+- full computation: what a re-run staged day costs: that day reread from staging, then
+  everything recomputed over the whole history from the per-day identity tables (identifier
+  and edge totals, hubs, components with the size guard, visitor ids and the id map, events'
+  visitors, profiles, click attribution, refused edges), committed;
 - scipy: `scipy.sparse.csgraph.connected_components` alone over the same kept edges, in the
-  same process as the full recompute, loaded from DuckDB the same way.
+  same process as the full computation, loaded from DuckDB the same way.
 """
 
 from __future__ import annotations
@@ -97,6 +102,8 @@ SELECT DATE '2026-11-01' + d::INTEGER AS partition_date, event_key, 'segment' AS
        'Mozilla/5.0 (X11; Linux x86_64) Chrome/131' AS user_agent,
        false AS is_bot, false AS is_test
 FROM everything
+-- Staging holds one day after another, as its daily partitions are written.
+ORDER BY partition_date
 """
 
 
@@ -121,6 +128,14 @@ def generate(path: Path, scale: float) -> dict[str, int]:
 
 
 def _peak_mb() -> float:
+    """This process's peak resident memory since it started (DuckDB included).
+
+    Not getrusage's ru_maxrss: Linux carries it over from the parent through fork and exec,
+    so a step would report the generating parent's peak when that is higher."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -212,9 +227,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0, help="1.0 = 10M events")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--first-build-runs", type=int, default=None,
+                        help="runs of the first build (default --runs; it is the slow one)")
     parser.add_argument("--workdir", default=None, help="folder for the DuckDB files")
-    parser.add_argument("--skip-first-build", action="store_true",
-                        help="measure only the recompute and the incremental day")
     parser.add_argument("--memory-limit", default="3GB",
                         help="DuckDB memory_limit of the measured steps (it spills beyond)")
     args = parser.parse_args()
@@ -227,30 +242,27 @@ def main() -> None:
         print(f"generated {counts['events']:,} staged events over {DAYS} days in "
               f"{time.perf_counter() - started:.1f} s", flush=True)
 
-        # The base for the incremental day: identity over days 0-28, day 29 held back.
-        partial = work / "partial.duckdb"
-        shutil.copyfile(staged, partial)
-        with duckdb.connect(str(partial)) as conn:
+        # Days 1-29 staged, day 30 held back for the incremental run.
+        with duckdb.connect(str(staged)) as conn:
             conn.execute("SET TimeZone = 'UTC'")
             conn.execute("CREATE SCHEMA held_back")
             conn.execute("CREATE TABLE held_back.events AS SELECT * FROM staging.events "
                          "WHERE partition_date = DATE '2026-11-01' + 29")
             conn.execute("DELETE FROM staging.events WHERE partition_date = "
                          "DATE '2026-11-01' + 29")
+            conn.execute("CHECKPOINT")
             held = conn.execute("SELECT count(*) FROM held_back.events").fetchone()[0]
-        first = []
-        built = work / "built.duckdb"
-        if args.skip_first_build:
-            shutil.copyfile(staged, built)
-            _build_once(built, args.memory_limit)
-        else:
-            print("first build (every staged day at once, from staging):", flush=True)
-            first = measure("first", staged, work, args.runs, args.memory_limit, keep=built)
-        _build_once(partial, args.memory_limit)
-        print("full recompute (one staged day re-run):", flush=True)
+        base, built = work / "base.duckdb", work / "built.duckdb"
+        print(f"first build ({counts['events'] - held:,} events of days 1-29 at once, "
+              "from staging):", flush=True)
+        first = measure("first", staged, work, args.first_build_runs or args.runs,
+                        args.memory_limit, keep=base)
+        print(f"incremental day (day 30, {held:,} events):", flush=True)
+        incremental = measure("incremental", base, work, args.runs, args.memory_limit,
+                              keep=built)
+        print("full computation (day 30 re-run, everything recomputed over all history):",
+              flush=True)
         recompute = measure("recompute", built, work, args.runs, args.memory_limit)
-        print(f"incremental day ({held:,} events):", flush=True)
-        incremental = measure("incremental", partial, work, args.runs, args.memory_limit)
 
         stats = recompute[0]["stats"]
         scipy_seconds = statistics.median(r["scipy"]["seconds"] for r in recompute)
@@ -260,31 +272,18 @@ def main() -> None:
         print(f"graph: {counts['events']:,} events, {stats['identifiers']:,} identifiers, "
               f"{stats['edges']:,} edges ({stats['refused_edges']:,} refused), "
               f"{stats['visitors']:,} visitors, largest {stats['largest_visitor']}")
-        print(f"median of {args.runs}:")
-        for label, results in (("first build", first), ("full recompute", recompute),
-                               ("incremental day", incremental)):
-            if not results:
-                continue
+        print(f"median of {args.runs} (first build: of {len(first)}):")
+        for label, results in (("first build", first), ("incremental day", incremental),
+                               ("full computation", recompute)):
             print(f"  {label:16} {median(results, 'seconds'):7.2f} s wall "
                   f"{median(results, 'cpu'):7.2f} s CPU  peak {median(results, 'peak_mb'):6.0f} MB")
         print(f"  scipy connected_components alone {scipy_seconds:.2f} s "
               f"({scipy_load:.2f} s with loading the edges from DuckDB) on "
               f"{recompute[0]['scipy']['edges']:,} kept edges")
-        print(f"  full recompute / scipy = {median(recompute, 'seconds') / scipy_seconds:.1f}x"
+        print(f"  full computation / scipy = {median(recompute, 'seconds') / scipy_seconds:.1f}x"
               f"  (/ scipy with loading = {median(recompute, 'seconds') / scipy_load:.1f}x)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _build_once(path: Path, memory_limit: str) -> None:
-    from capi_pipeline.identity.graph import build_identity
-    from capi_pipeline_tests.identity_helpers import RULES
-
-    with duckdb.connect(str(path)) as conn:
-        conn.execute("SET TimeZone = 'UTC'")
-        conn.execute("SET enable_progress_bar = false")
-        conn.execute(f"SET memory_limit = '{memory_limit}'")
-        build_identity(conn, RULES)
 
 
 if __name__ == "__main__":

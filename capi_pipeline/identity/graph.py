@@ -223,7 +223,7 @@ def _stats(conn, plan: RunPlan, new_hubs: list[int], size_refused: int,
 # The events people made on the days read: bots and test traffic would only join strangers.
 RUN_EVENTS_SQL = """
 CREATE OR REPLACE TEMP TABLE run_staged AS
-SELECT row_number() OVER () AS ev, event_key, partition_date, event_time, action_source,
+SELECT rowid AS ev, event_key, partition_date, event_time, action_source,
        client_id, customer_id, email AS raw_email, phone AS raw_phone, first_name, last_name,
        city, state, zip, country, ip, user_agent, click_id, checkout_token, cart_token,
        advertising_id, gender, date_of_birth

@@ -87,36 +87,38 @@ identifier_counts AS (
     SELECT visitor_id, count(*) AS identifiers FROM identity.identifiers
     WHERE visitor_id IN (SELECT visitor_id FROM events) GROUP BY visitor_id
 ),
+-- Each value is the one at its latest non-empty time: arg_max skips the rows whose time is
+-- NULL, which is cheaper than a FILTER on each of the aggregates.
 latest AS (
     SELECT visitor_id, count(*) AS events, min(event_time) AS first_seen,
            max(event_time) AS last_seen,
-           arg_max(email, event_time) FILTER (WHERE email IS NOT NULL) AS email,
-           max(event_time) FILTER (WHERE email IS NOT NULL) AS email_seen_at,
-           arg_max(phone, event_time) FILTER (WHERE phone IS NOT NULL) AS phone,
-           max(event_time) FILTER (WHERE phone IS NOT NULL) AS phone_seen_at,
-           arg_max(first_name, event_time) FILTER (WHERE first_name IS NOT NULL) AS first_name,
-           max(event_time) FILTER (WHERE first_name IS NOT NULL) AS first_name_seen_at,
-           arg_max(last_name, event_time) FILTER (WHERE last_name IS NOT NULL) AS last_name,
-           max(event_time) FILTER (WHERE last_name IS NOT NULL) AS last_name_seen_at,
-           max(event_time) FILTER (WHERE coalesce(first_name, last_name) IS NOT NULL)
+           arg_max(email, CASE WHEN email IS NOT NULL THEN event_time END) AS email,
+           max(CASE WHEN email IS NOT NULL THEN event_time END) AS email_seen_at,
+           arg_max(phone, CASE WHEN phone IS NOT NULL THEN event_time END) AS phone,
+           max(CASE WHEN phone IS NOT NULL THEN event_time END) AS phone_seen_at,
+           arg_max(first_name, CASE WHEN first_name IS NOT NULL THEN event_time END) AS first_name,
+           max(CASE WHEN first_name IS NOT NULL THEN event_time END) AS first_name_seen_at,
+           arg_max(last_name, CASE WHEN last_name IS NOT NULL THEN event_time END) AS last_name,
+           max(CASE WHEN last_name IS NOT NULL THEN event_time END) AS last_name_seen_at,
+           max(CASE WHEN coalesce(first_name, last_name) IS NOT NULL THEN event_time END)
                AS name_seen_at,
-           arg_max(address, event_time) FILTER (WHERE address IS NOT NULL) AS address,
-           max(event_time) FILTER (WHERE address IS NOT NULL) AS address_seen_at,
-           arg_max(customer_id, event_time) FILTER (WHERE customer_id IS NOT NULL)
+           arg_max(address, CASE WHEN address IS NOT NULL THEN event_time END) AS address,
+           max(CASE WHEN address IS NOT NULL THEN event_time END) AS address_seen_at,
+           arg_max(customer_id, CASE WHEN customer_id IS NOT NULL THEN event_time END)
                AS customer_id,
-           max(event_time) FILTER (WHERE customer_id IS NOT NULL) AS customer_id_seen_at,
-           arg_max(web, event_time) FILTER (WHERE web IS NOT NULL) AS web,
-           max(event_time) FILTER (WHERE web IS NOT NULL) AS web_seen_at,
-           arg_max(click_id, event_time) FILTER (WHERE click_id IS NOT NULL) AS click_id,
-           max(event_time) FILTER (WHERE click_id IS NOT NULL) AS click_id_seen_at,
-           arg_max(gender, event_time) FILTER (WHERE gender IS NOT NULL) AS gender,
-           max(event_time) FILTER (WHERE gender IS NOT NULL) AS gender_seen_at,
-           arg_max(date_of_birth, event_time) FILTER (WHERE date_of_birth IS NOT NULL)
+           max(CASE WHEN customer_id IS NOT NULL THEN event_time END) AS customer_id_seen_at,
+           arg_max(web, CASE WHEN web IS NOT NULL THEN event_time END) AS web,
+           max(CASE WHEN web IS NOT NULL THEN event_time END) AS web_seen_at,
+           arg_max(click_id, CASE WHEN click_id IS NOT NULL THEN event_time END) AS click_id,
+           max(CASE WHEN click_id IS NOT NULL THEN event_time END) AS click_id_seen_at,
+           arg_max(gender, CASE WHEN gender IS NOT NULL THEN event_time END) AS gender,
+           max(CASE WHEN gender IS NOT NULL THEN event_time END) AS gender_seen_at,
+           arg_max(date_of_birth, CASE WHEN date_of_birth IS NOT NULL THEN event_time END)
                AS date_of_birth,
-           max(event_time) FILTER (WHERE date_of_birth IS NOT NULL) AS date_of_birth_seen_at,
-           arg_max(advertising_id, event_time) FILTER (WHERE advertising_id IS NOT NULL)
+           max(CASE WHEN date_of_birth IS NOT NULL THEN event_time END) AS date_of_birth_seen_at,
+           arg_max(advertising_id, CASE WHEN advertising_id IS NOT NULL THEN event_time END)
                AS advertising_id,
-           max(event_time) FILTER (WHERE advertising_id IS NOT NULL)
+           max(CASE WHEN advertising_id IS NOT NULL THEN event_time END)
                AS advertising_id_seen_at
     FROM events GROUP BY visitor_id
 )
@@ -132,7 +134,11 @@ FROM latest l LEFT JOIN identifier_counts c USING (visitor_id)
 ATTRIBUTION_SQL = """
 CREATE OR REPLACE TEMP TABLE run_attribution AS
 WITH events AS (
-    SELECT event_key, visitor_id, event_time, click_id FROM identity.event_visitors WHERE {which}
+    SELECT event_key, visitor_id, event_time, click_id FROM identity.event_visitors
+    WHERE partition_date IN (SELECT partition_date FROM run_days)
+    UNION
+    SELECT event_key, visitor_id, event_time, click_id FROM identity.event_visitors
+    WHERE visitor_id IN (SELECT visitor_id FROM attributed_visitors)
 ),
 clicks AS (
     SELECT visitor_id, event_time AS click_time, click_id FROM identity.event_visitors
@@ -153,14 +159,13 @@ ASOF LEFT JOIN clicks c ON c.visitor_id = e.visitor_id AND e.event_time >= c.cli
 def attribute_clicks(conn: duckdb.DuckDBPyConnection, rules: GraphRules) -> None:
     """Attribute the days' events, and every event of a visitor whose identifiers changed or
     who clicked on those days (a click may be carried to its later events)."""
-    conn.execute(
-        ATTRIBUTION_SQL.format(which="""
-            partition_date IN (SELECT partition_date FROM run_days)
-            OR visitor_id IN (SELECT visitor_id FROM affected_visitors)
-            OR visitor_id IN (SELECT visitor_id FROM day_profiles WHERE click_id IS NOT NULL)
-        """),
-        {"window_days": rules.attribution_window_days},
-    )
+    # Two plain selections rather than one OR of three lookups over every event row.
+    conn.execute("""
+        CREATE OR REPLACE TEMP TABLE attributed_visitors AS
+        SELECT visitor_id FROM affected_visitors
+        UNION SELECT visitor_id FROM day_profiles WHERE click_id IS NOT NULL
+    """)
+    conn.execute(ATTRIBUTION_SQL, {"window_days": rules.attribution_window_days})
     conn.execute("""
         UPDATE identity.event_visitors e
         SET attributed_click_id = a.attributed_click_id,
@@ -183,19 +188,21 @@ LATEST_FIELDS = {
 }
 
 
-def _merge_sql() -> str:
+def _merged_profiles_sql() -> str:
+    """The extended visitors' profiles combined with the days read, as whole rows."""
     later = "d.{seen} IS NOT NULL AND (p.{seen} IS NULL OR d.{seen} >= p.{seen})"
     values = [
-        f"{field} = CASE WHEN {later.format(seen=seen)} THEN d.{field} ELSE p.{field} END"
+        f"CASE WHEN {later.format(seen=seen)} THEN d.{field} ELSE p.{field} END AS {field}"
         for field, seen in LATEST_FIELDS.items()
     ]
-    times = [f"{seen} = greatest(p.{seen}, d.{seen})"
+    times = [f"greatest(p.{seen}, d.{seen}) AS {seen}"
              for seen in dict.fromkeys([*LATEST_FIELDS.values(), "name_seen_at"])]
     return (
-        "UPDATE identity.visitor_profiles p SET " + ", ".join(values + times)
-        + ", events = p.events + d.events, first_seen = least(p.first_seen, d.first_seen), "
-        "last_seen = greatest(p.last_seen, d.last_seen) "
-        "FROM day_profiles d WHERE p.visitor_id = d.visitor_id"
+        "CREATE OR REPLACE TEMP TABLE merged_profiles AS SELECT p.* REPLACE ("
+        + ", ".join(values + times)
+        + ", p.events + d.events AS events, least(p.first_seen, d.first_seen) AS first_seen, "
+        "greatest(p.last_seen, d.last_seen) AS last_seen) "
+        "FROM identity.visitor_profiles p JOIN day_profiles d USING (visitor_id)"
     )
 
 
@@ -212,7 +219,14 @@ def refresh_profiles(conn: duckdb.DuckDBPyConnection) -> None:
     conn.execute("CREATE OR REPLACE TEMP TABLE day_profiles AS " + PROFILES_SQL.format(
         which="partition_date IN (SELECT partition_date FROM run_days) "
               "AND visitor_id IN (SELECT visitor_id FROM extended_visitors)"))
-    conn.execute(_merge_sql())
+    # Replaced as whole rows rather than updated column by column: an UPDATE of every column
+    # of rows spread over the table makes the commit rewrite the whole table's columns.
+    conn.execute(_merged_profiles_sql())
+    conn.execute("""
+        DELETE FROM identity.visitor_profiles
+        WHERE visitor_id IN (SELECT visitor_id FROM merged_profiles)
+    """)
+    conn.execute("INSERT INTO identity.visitor_profiles BY NAME SELECT * FROM merged_profiles")
 
 
 def write_refused_edges(conn: duckdb.DuckDBPyConnection) -> None:
