@@ -23,6 +23,7 @@ Steps, each one statement over temporary tables of the connection:
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 
@@ -33,12 +34,20 @@ from capi_pipeline.enrich.normalize import RULES, country_code, normalize_distin
 from capi_pipeline.enrich.payload import CURRENCIES, PayloadConfig
 from capi_pipeline.identity.graph import is_junk_email
 
-IDS_SQL = """
-CREATE OR REPLACE TEMP TABLE enrich_ids AS
-WITH mapping AS (
-    SELECT unnest($sources) AS source_event_name, unnest($names) AS event_name
-)
-SELECT s.event_key, v.visitor_id, s.event_time, m.event_name,
+# The day's events that map to a Pinterest event, with their visitor and profile. Read twice:
+# narrow into enrich_ids for the steps that need the identity columns, and whole by ROWS_SQL,
+# which joining enrich_ids back to the staged rows would cost more than reading them again.
+EVENTS_FROM = """
+FROM staging.events s
+JOIN (SELECT unnest($sources) AS source_event_name, unnest($names) AS event_name) m
+    USING (source_event_name)
+LEFT JOIN identity.event_visitors v USING (event_key)
+LEFT JOIN identity.visitor_profiles p ON p.visitor_id = v.visitor_id
+WHERE s.partition_date = $day AND s.duplicate_of IS NULL
+"""
+
+IDENTITY_COLUMNS = """
+       s.rowid AS sid, v.visitor_id, s.event_time, m.event_name,
        s.email, p.email AS profile_email, s.phone, p.phone AS profile_phone,
        s.gender, s.date_of_birth, s.customer_id, p.customer_id AS profile_customer_id,
        s.advertising_id,
@@ -55,14 +64,30 @@ SELECT s.event_key, v.visitor_id, s.event_time, m.event_name,
        -- address in the address's country.
        coalesce(s.country, p.country) AS region,
        coalesce(p.country, s.country) AS profile_region,
-       coalesce(address_country, s.country, p.country) AS address_region,
+       coalesce(address_country, s.country, p.country) AS address_region"""
+
+# What the payload reads from the staged row and the profile besides the identity columns.
+PAYLOAD_COLUMNS = """
        p.ip AS profile_ip, p.user_agent AS profile_user_agent,
-       p.web_seen_at AS profile_web_seen_at
-FROM staging.events s
-JOIN mapping m USING (source_event_name)
-LEFT JOIN identity.event_visitors v USING (event_key)
-LEFT JOIN identity.visitor_profiles p ON p.visitor_id = v.visitor_id
-WHERE s.partition_date = $day AND s.duplicate_of IS NULL
+       p.web_seen_at AS profile_web_seen_at,
+       s.event_id, s.source_format, s.source_event_name, s.event_type, s.action_source,
+       s.store, s.ip, s.user_agent, s.page_url, capi_url_base(s.page_url) AS url_base,
+       s.click_id, s.order_id, s.ad_tracking_allowed, s.marketing_allowed,
+       s.sale_of_data_allowed, s.value, s.currency, s.search_string, s.num_items, s.is_bot,
+       s.is_test,
+       len(s.items) AS item_count,
+       CASE WHEN $value_source = 'items' AND len(s.items) > 0
+            THEN list_sum(list_transform(s.items, lambda x: x.price * x.quantity))
+            END AS items_value,
+       -- The first item of every list, used by the events with one (ROWS_SQL reads its
+       -- fields): taken from the list once, as reading each field from items[1] copies the
+       -- whole struct out of the list each time.
+       s.items[1] AS first_item"""
+
+IDS_SQL = f"""
+CREATE OR REPLACE TEMP TABLE enrich_ids AS
+SELECT {IDENTITY_COLUMNS}
+{EVENTS_FROM}
 """
 
 # Each event's visitor's latest click and stated consent up to the event: the day's events
@@ -71,11 +96,11 @@ WHERE s.partition_date = $day AND s.duplicate_of IS NULL
 HISTORY_SQL = """
 CREATE OR REPLACE TEMP TABLE enrich_history AS
 WITH stream AS (
-    SELECT event_key, visitor_id, event_time, NULL::VARCHAR AS click_id,
+    SELECT sid, visitor_id, event_time, NULL::VARCHAR AS click_id,
            NULL::BOOLEAN AS marketing_allowed, NULL::BOOLEAN AS sale_of_data_allowed
     FROM enrich_ids WHERE visitor_id IS NOT NULL
     UNION ALL
-    SELECT NULL, v.visitor_id, s.event_time, s.click_id, s.marketing_allowed,
+    SELECT NULL::BIGINT, v.visitor_id, s.event_time, s.click_id, s.marketing_allowed,
            s.sale_of_data_allowed
     FROM staging.events s
     JOIN identity.event_visitors v USING (event_key)
@@ -84,7 +109,7 @@ WITH stream AS (
       AND v.visitor_id IN (SELECT visitor_id FROM enrich_ids)
 ),
 latest AS (
-    SELECT event_key,
+    SELECT sid,
            last_value(click_id IGNORE NULLS) OVER w AS profile_click_id,
            last_value(CASE WHEN click_id IS NOT NULL THEN event_time END IGNORE NULLS) OVER w
                AS profile_click_time,
@@ -95,7 +120,7 @@ latest AS (
     WINDOW w AS (PARTITION BY visitor_id ORDER BY event_time
                  RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
 )
-SELECT * FROM latest WHERE event_key IS NOT NULL
+SELECT * FROM latest WHERE sid IS NOT NULL
 """
 
 # An order reported on two days (a pixel before midnight, its webhook after) is still one
@@ -129,25 +154,25 @@ GROUP BY order_id
 ITEMS_SQL = """
 CREATE OR REPLACE TEMP TABLE enrich_items AS
 WITH flat AS (
-    SELECT event_key, unnest(items) AS x, generate_subscripts(items, 1) AS n
+    SELECT rowid AS sid, unnest(items) AS x, generate_subscripts(items, 1) AS n
     FROM staging.events
     WHERE partition_date = $day AND duplicate_of IS NULL AND len(items) > 1
-      AND event_key IN (SELECT event_key FROM enrich_ids)
+      AND rowid IN (SELECT sid FROM enrich_ids)
 ),
 members AS (
-    SELECT event_key, n, x.id AS id, x.category AS category,
-           row_number() OVER (PARTITION BY event_key, x.id ORDER BY n) = 1 AS first_of_id,
+    SELECT sid, n, x.id AS id, x.category AS category,
+           row_number() OVER (PARTITION BY sid, x.id ORDER BY n) = 1 AS first_of_id,
            capi_item_member(x) AS member
     FROM flat
 )
-SELECT event_key,
+SELECT sid,
        '[' || string_agg('{' || member || '}', ',' ORDER BY n) || ']' AS contents_json,
        '[' || string_agg(to_json(id)::VARCHAR, ',' ORDER BY n)
               FILTER (WHERE id IS NOT NULL AND first_of_id) || ']' AS content_ids_json,
        CASE WHEN count(*) = count(category) AND count(DISTINCT category) = 1
             THEN capi_safe_text(any_value(category)) END AS content_category
 FROM members
-GROUP BY event_key
+GROUP BY sid
 """
 
 # Where each hashed field's values come from, in enrich_ids' columns. Lists are merged in
@@ -244,55 +269,39 @@ OUTPUT_COLUMNS = """
 
 # The rows of capi.pinterest_events, in OUTPUT_COLUMNS order.
 ROWS_SQL = """
-WITH staged AS (
-    -- Everything read from the items list, worked out here, before the joins: a list of
-    -- structs carried through the dozen joins below costs more than the joins themselves.
-    SELECT s.event_key, s.event_id, s.source_format, s.source_event_name, s.event_type,
-           s.action_source, s.store, s.ip, s.user_agent, s.page_url,
-           capi_url_base(s.page_url) AS url_base, s.click_id, s.order_id,
-           s.ad_tracking_allowed, s.marketing_allowed, s.sale_of_data_allowed, s.value,
-           s.currency, s.search_string, s.num_items, s.is_bot, s.is_test,
-           len(s.items) AS item_count,
-           CASE WHEN $value_source = 'items' AND len(s.items) > 0
-                THEN list_sum(list_transform(s.items, lambda x: x.price * x.quantity))
-                END AS items_value,
-           -- The first item of every list, used by the events with one: outside a CASE, where
-           -- DuckDB reads struct fields three times faster than under one.
-           capi_item_member(s.items[1]) AS first_item_member,
-           to_json(s.items[1].id)::VARCHAR AS first_item_id_json,
-           capi_safe_text(s.items[1].category) AS first_item_category
-    FROM staging.events s
-    WHERE s.partition_date = $day AND s.duplicate_of IS NULL
+WITH day_events AS (
+    SELECT {identity}, {payload}
+    {events}
+),
+-- Outside a CASE, where DuckDB reads struct fields three times faster than under one.
+day_items AS (
+    SELECT *, capi_item_member(first_item) AS first_item_member,
+           to_json(first_item.id)::VARCHAR AS first_item_id_json,
+           capi_safe_text(first_item.category) AS first_item_category
+    FROM day_events
 ),
 base AS (
-    SELECT s.event_id, s.source_format, s.source_event_name, s.event_type, s.action_source,
-           s.store, s.ip, s.user_agent, s.page_url, s.url_base,
-           s.click_id, s.order_id,
-           s.ad_tracking_allowed, s.marketing_allowed, s.sale_of_data_allowed, s.value,
-           s.currency, s.search_string, s.item_count, s.items_value, s.num_items, s.is_bot,
-           s.is_test,
-           d.*,
+    SELECT d.*,
            {digests},
            r.ldp_region, cur.code AS currency_code, h.profile_click_id, h.profile_click_time,
-           coalesce(s.marketing_allowed, h.visitor_marketing_allowed) AS consent_marketing,
-           coalesce(s.sale_of_data_allowed, h.visitor_sale_of_data_allowed) AS consent_sale,
+           coalesce(d.marketing_allowed, h.visitor_marketing_allowed) AS consent_marketing,
+           coalesce(d.sale_of_data_allowed, h.visitor_sale_of_data_allowed) AS consent_sale,
            w.winner_event_id AS order_winner_event_id,
-           CASE WHEN s.item_count = 1 THEN '[{{' || s.first_item_member || '}}]'
+           CASE WHEN d.item_count = 1 THEN '[{{' || d.first_item_member || '}}]'
                 ELSE it.contents_json END AS contents_json,
-           CASE WHEN s.item_count = 1 THEN '[' || s.first_item_id_json || ']'
+           CASE WHEN d.item_count = 1 THEN '[' || d.first_item_id_json || ']'
                 ELSE it.content_ids_json END AS content_ids_json,
-           CASE WHEN s.item_count = 1 THEN s.first_item_category
+           CASE WHEN d.item_count = 1 THEN d.first_item_category
                 ELSE it.content_category END AS content_category
-    FROM staged s
-    JOIN enrich_ids d USING (event_key)
+    FROM day_items d
     {joins}
     LEFT JOIN enrich_regions r
         ON r.state IS NOT DISTINCT FROM d.address_state
        AND r.region IS NOT DISTINCT FROM d.address_region
-    LEFT JOIN enrich_history h ON h.event_key = d.event_key
-    LEFT JOIN enrich_currencies cur ON cur.code = upper(s.currency)
-    LEFT JOIN enrich_items it ON it.event_key = d.event_key
-    LEFT JOIN enrich_orders w ON s.event_type = 'purchase' AND w.order_id = s.order_id
+    LEFT JOIN enrich_history h ON h.sid = d.sid
+    LEFT JOIN enrich_currencies cur ON cur.code = upper(d.currency)
+    LEFT JOIN enrich_items it ON it.sid = d.sid
+    LEFT JOIN enrich_orders w ON d.event_type = 'purchase' AND w.order_id = d.order_id
 ),
 derived AS (
     SELECT *,
@@ -369,19 +378,20 @@ SELECT
         CASE WHEN currency IS NOT NULL AND currency_sent IS NULL THEN 'currency' END
     ), ''), ','),
     value_sent::DECIMAL(18, 2), currency_sent,
+    -- One concat over every piece, NULL pieces skipped: each optional member carries its own
+    -- comma, so the payload's 600 bytes are copied once rather than once per nesting level.
     concat('{{"event_name":"', event_name, '","action_source":"', action_source_sent,
            '","event_time":', epoch_ms(event_time) // 1000, ',"event_id":', to_json(event_id),
-           ',') || concat_ws(',',
-        capi_j_text('event_source_url', url_sent),
-        CASE WHEN opt_out THEN '"opt_out":true' END,
-        capi_j_text('partner_name', $partner_name),
-        '"user_data":{{' || concat_ws(',',
+           CASE WHEN url_sent IS NOT NULL THEN ',"event_source_url":' END, to_json(url_sent),
+           CASE WHEN opt_out THEN ',"opt_out":true' END,
+           ',"partner_name":' || to_json($partner_name),
+           ',"user_data":{{', concat_ws(',',
             {user_data},
             capi_j_text('client_ip_address', ip_sent),
             capi_j_text('client_user_agent', ua_sent),
-            capi_j_text('click_id', click_sent)) || '}}',
-        CASE WHEN custom_json IS NOT NULL THEN concat('"custom_data":{{', custom_json, '}}') END
-    ) || '}}'
+            capi_j_text('click_id', click_sent)), '}}',
+           CASE WHEN custom_json IS NOT NULL THEN ',"custom_data":{{' END, custom_json,
+           CASE WHEN custom_json IS NOT NULL THEN '}}' END, '}}')
 FROM assembled
 """
 
@@ -433,7 +443,8 @@ def _joins_and_columns() -> tuple[str, str, str, str, str]:
 
 _JOINS, _DIGESTS, _LISTS, _DROPPED, _USER_DATA = _joins_and_columns()
 ROWS_SQL = ROWS_SQL.format(joins=_JOINS, digests=_DIGESTS, lists=_LISTS, dropped=_DROPPED,
-                           user_data=_USER_DATA)
+                           user_data=_USER_DATA, identity=IDENTITY_COLUMNS,
+                           payload=PAYLOAD_COLUMNS, events=EVENTS_FROM)
 
 
 def _normalize_field(conn: duckdb.DuckDBPyConnection, field: str, config: PayloadConfig) -> int:
@@ -504,6 +515,23 @@ def _regions(conn: duckdb.DuckDBPyConnection, config: PayloadConfig) -> None:
 CAPI_TABLE = "capi.pinterest_events"
 
 
+@contextmanager
+def _joins_as_written(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """Joins in the order the statement writes them, each one's right side the build side.
+
+    DuckDB builds the hash table on the side it estimates smaller, and with a day's filters
+    on staging.events that is the wide staged rows: every column of them copied into the table
+    and back out. In IDS_SQL and ROWS_SQL the staged rows come first and each joined table is
+    narrower, so the written order is the cheap one (DuckDB's documented way to force it).
+    """
+    previous = conn.execute("SELECT current_setting('disabled_optimizers')").fetchall()[0][0]
+    conn.execute("SET disabled_optimizers = 'join_order,build_side_probe_side'")
+    try:
+        yield
+    finally:
+        conn.execute(f"SET disabled_optimizers = '{previous}'")
+
+
 def build_pinterest_events(
     conn: duckdb.DuckDBPyConnection, day: date, config: PayloadConfig, table: str = CAPI_TABLE
 ) -> BuildResult:
@@ -523,9 +551,9 @@ def build_pinterest_events(
     for macro in MACROS:
         conn.execute(macro)
     sources = sorted(config.event_map)
-    conn.execute(IDS_SQL, {
-        "day": day, "sources": sources, "names": [config.event_map[s] for s in sources],
-    })
+    mapping = {"sources": sources, "names": [config.event_map[s] for s in sources]}
+    with _joins_as_written(conn):
+        conn.execute(IDS_SQL, {"day": day, **mapping})
     not_hashed = {}
     for field in FIELD_SOURCES:
         count = _normalize_field(conn, field, config)
@@ -540,17 +568,19 @@ def build_pinterest_events(
         "day": day, "partner_name": config.partner_name,
         "attribution": config.attribution_window, "value_source": config.value_source,
         "consent_policy": config.consent_policy, "now": config.now,
-        "max_age": config.max_event_age, "max_skew": config.max_future_skew,
+        "max_age": config.max_event_age, "max_skew": config.max_future_skew, **mapping,
     }
     if table != CAPI_TABLE:
-        conn.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT * FROM ({ROWS_SQL}) "
-                     f"AS rows({OUTPUT_COLUMNS})", params)
+        with _joins_as_written(conn):
+            conn.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT * FROM ({ROWS_SQL}) "
+                         f"AS rows({OUTPUT_COLUMNS})", params)
         return _result(conn, table, day, not_hashed)
 
     conn.execute("BEGIN TRANSACTION")
     try:
         conn.execute(f"DELETE FROM {CAPI_TABLE} WHERE partition_date = ?", [day])
-        conn.execute(f"INSERT INTO {CAPI_TABLE} ({OUTPUT_COLUMNS}) {ROWS_SQL}", params)
+        with _joins_as_written(conn):
+            conn.execute(f"INSERT INTO {CAPI_TABLE} ({OUTPUT_COLUMNS}) {ROWS_SQL}", params)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
