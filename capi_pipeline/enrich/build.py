@@ -23,6 +23,7 @@ Steps, each one statement over temporary tables of the connection:
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
@@ -454,9 +455,9 @@ ROWS_SQL = ROWS_SQL.format(joins=_JOINS, digests=_DIGESTS, lists=_LISTS, dropped
                            payload=PAYLOAD_COLUMNS, events=EVENTS_FROM)
 
 
-def _normalize_field(conn: duckdb.DuckDBPyConnection, field: str, config: PayloadConfig) -> int:
-    """Fill enrich_norm_<field> with the digest of each distinct value; returns the values
-    a source meant to send hashed that were not hashes."""
+def _distinct_values(conn: duckdb.DuckDBPyConnection, field: str) -> list[tuple]:
+    """Each distinct raw value of a field in the day's events, with its country when the
+    field's rule reads one."""
     rule = RULES[field]
     selects = " UNION ALL ".join(
         f"SELECT {source} AS raw, "
@@ -464,25 +465,32 @@ def _normalize_field(conn: duckdb.DuckDBPyConnection, field: str, config: Payloa
         f"FROM enrich_ids"
         for source in FIELD_SOURCES[field]
     )
-    pairs = conn.execute(
+    return conn.execute(
         f"SELECT DISTINCT raw, region FROM ({selects}) WHERE raw IS NOT NULL"
     ).fetchall()
+
+
+def _normalized(field: str, pairs: list[tuple], config: PayloadConfig) -> pl.DataFrame:
+    """Each distinct value's text to hash (None: left out) and whether it is a digest."""
     raws = [raw for raw, _ in pairs]
     all_regions = [region for _, region in pairs]
-    regions = all_regions if rule.uses_country else None
-    arrives_hashed = field in config.hashed_on_arrival
+    regions = all_regions if RULES[field].uses_country else None
     texts, is_digest = normalize_distinct(
-        field, raws, regions, config.default_region, arrives_hashed)
+        field, raws, regions, config.default_region, field in config.hashed_on_arrival)
     if field == "em":
         texts = [None if text is not None and not digest
                  and is_junk_email(text, config.junk_emails) else text
                  for text, digest in zip(texts, is_digest, strict=True)]
-    lookup = pl.DataFrame(
+    return pl.DataFrame(
         {"raw": raws, "region": all_regions, "text": texts,
          "is_digest": is_digest},
         schema={"raw": pl.String, "region": pl.String, "text": pl.String,
                 "is_digest": pl.Boolean},
     )
+
+
+def _store_digests(conn: duckdb.DuckDBPyConnection, field: str, lookup: pl.DataFrame) -> None:
+    """enrich_norm_<field>: each distinct value's digest, hashed by DuckDB."""
     conn.register("enrich_lookup", lookup)
     conn.execute(f"""
         CREATE OR REPLACE TEMP TABLE enrich_norm_{field} AS
@@ -492,15 +500,10 @@ def _normalize_field(conn: duckdb.DuckDBPyConnection, field: str, config: Payloa
         FROM enrich_lookup
     """)
     conn.unregister("enrich_lookup")
-    return sum(1 for text in texts if text is None) if arrives_hashed else 0
 
 
-def _regions(conn: duckdb.DuckDBPyConnection, config: PayloadConfig) -> None:
-    """Whether each distinct (state, country) of the day is a configured LDP region, and the
-    ISO 4217 codes a currency must be one of."""
-    pairs = conn.execute("""
-        SELECT DISTINCT address_state AS state, address_region AS region FROM enrich_ids
-    """).fetchall()
+def _ldp_flags(pairs: list[tuple], config: PayloadConfig) -> pl.DataFrame:
+    """Whether each distinct (state, country) of the day is a configured LDP region."""
     ldp = set(config.ldp_regions)
     flags = []
     for state, region in pairs:
@@ -508,15 +511,26 @@ def _regions(conn: duckdb.DuckDBPyConnection, config: PayloadConfig) -> None:
         country = country or country_code(config.default_region)
         code = state_code(state, country) if state else None
         flags.append(country in ldp or (code is not None and f"{country}-{code.upper()}" in ldp))
-    frame = pl.DataFrame(
+    return pl.DataFrame(
         {"state": [p[0] for p in pairs], "region": [p[1] for p in pairs], "ldp_region": flags},
         schema={"state": pl.String, "region": pl.String, "ldp_region": pl.Boolean},
     )
+
+
+def _store_regions(conn: duckdb.DuckDBPyConnection, frame: pl.DataFrame) -> None:
+    """enrich_regions (the LDP flags), and the ISO 4217 codes a currency must be one of."""
     conn.register("enrich_region_keys", frame)
     conn.execute("CREATE OR REPLACE TEMP TABLE enrich_regions AS SELECT * FROM enrich_region_keys")
     conn.unregister("enrich_region_keys")
     conn.execute("CREATE OR REPLACE TEMP TABLE enrich_currencies AS SELECT unnest(?) AS code",
                  [list(CURRENCIES)])
+
+
+def _apply_rules(values: dict[str, list[tuple]], region_pairs: list[tuple],
+                 config: PayloadConfig) -> tuple[dict[str, pl.DataFrame], pl.DataFrame]:
+    """The normalization table over the day's distinct values: Python only, no connection."""
+    return ({field: _normalized(field, pairs, config) for field, pairs in values.items()},
+            _ldp_flags(region_pairs, config))
 
 
 CAPI_TABLE = "capi.pinterest_events"
@@ -561,16 +575,28 @@ def build_pinterest_events(
     mapping = {"sources": sources, "names": [config.event_map[s] for s in sources]}
     with _joins_as_written(conn):
         conn.execute(IDS_SQL, {"day": day, **mapping})
+    # The rules run in Python (libphonenumber above all) in a thread of their own while
+    # DuckDB, which lets go of the GIL while it executes, works out the history, orders and
+    # items: on two cores the two overlap instead of DuckDB waiting for the rules.
+    values = {field: _distinct_values(conn, field) for field in FIELD_SOURCES}
+    region_pairs = conn.execute(
+        "SELECT DISTINCT address_state AS state, address_region AS region FROM enrich_ids"
+    ).fetchall()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="enrich-rules") as pool:
+        rules_applied = pool.submit(_apply_rules, values, region_pairs, config)
+        conn.execute(HISTORY_SQL)
+        conn.execute(ORDERS_SQL, {"day": day})
+        conn.execute(ITEMS_SQL, {"day": day})
+        conn.execute(FIRST_ITEMS_SQL, {"day": day})
+        lookups, ldp_flags = rules_applied.result()
     not_hashed = {}
-    for field in FIELD_SOURCES:
-        count = _normalize_field(conn, field, config)
-        if count:
-            not_hashed[field] = count
-    _regions(conn, config)
-    conn.execute(HISTORY_SQL)
-    conn.execute(ORDERS_SQL, {"day": day})
-    conn.execute(ITEMS_SQL, {"day": day})
-    conn.execute(FIRST_ITEMS_SQL, {"day": day})
+    for field, lookup in lookups.items():
+        _store_digests(conn, field, lookup)
+        if field in config.hashed_on_arrival:
+            count = lookup["text"].null_count()
+            if count:
+                not_hashed[field] = count
+    _store_regions(conn, ldp_flags)
 
     params = {
         "day": day, "partner_name": config.partner_name,
