@@ -189,6 +189,18 @@ FROM (
 )
 """
 
+# Each distinct page address of the day (query and fragment cut) and what is sent of it: a
+# store's events share a few thousand pages, and the checks are string scans.
+URLS_SQL = """
+CREATE OR REPLACE TEMP TABLE enrich_urls AS
+SELECT url_base, capi_page_url(url_base) AS url_sent
+FROM (
+    SELECT DISTINCT capi_url_base(page_url) AS url_base FROM staging.events
+    WHERE partition_date = $day AND duplicate_of IS NULL AND page_url IS NOT NULL
+      AND rowid IN (SELECT sid FROM enrich_ids)
+)
+"""
+
 # Where each hashed field's values come from, in enrich_ids' columns. Lists are merged in
 # this order (the event's own value first, then the profile's); a name and an address are
 # one fact each, taken from the event when it has one, else from the profile.
@@ -293,7 +305,7 @@ base AS (
            r.ldp_region, cur.code AS currency_code, h.profile_click_id, h.profile_click_time,
            coalesce(d.marketing_allowed, h.visitor_marketing_allowed) AS consent_marketing,
            coalesce(d.sale_of_data_allowed, h.visitor_sale_of_data_allowed) AS consent_sale,
-           w.winner_event_id AS order_winner_event_id,
+           w.winner_event_id AS order_winner_event_id, u.url_sent,
            CASE WHEN d.item_count = 1 THEN fi.contents_json
                 ELSE it.contents_json END AS contents_json,
            CASE WHEN d.item_count = 1 THEN fi.content_ids_json
@@ -309,6 +321,7 @@ base AS (
     LEFT JOIN enrich_currencies cur ON cur.code = upper(d.currency)
     LEFT JOIN enrich_items it ON it.sid = d.sid
     LEFT JOIN enrich_first_items fi ON fi.item IS NOT DISTINCT FROM d.first_item
+    LEFT JOIN enrich_urls u ON u.url_base = d.url_base
     LEFT JOIN enrich_orders w ON d.event_type = 'purchase' AND w.order_id = d.order_id
 ),
 derived AS (
@@ -333,7 +346,6 @@ derived AS (
         CASE WHEN $value_source = 'items' AND item_count > 0 THEN items_value
              ELSE value END AS value_sent,
         capi_safe_text(search_string) AS search_sent,
-        capi_page_url(url_base) AS url_sent,
         coalesce(consent_sale IS FALSE AND ldp_region, false) AS ldp
     FROM base
 ),
@@ -588,6 +600,7 @@ def build_pinterest_events(
         conn.execute(ORDERS_SQL, {"day": day})
         conn.execute(ITEMS_SQL, {"day": day})
         conn.execute(FIRST_ITEMS_SQL, {"day": day})
+        conn.execute(URLS_SQL, {"day": day})
         lookups, ldp_flags = rules_applied.result()
     not_hashed = {}
     for field, lookup in lookups.items():
