@@ -35,6 +35,24 @@ from capi_pipeline.enrich.normalize import RULES, country_code, normalize_distin
 from capi_pipeline.enrich.payload import CURRENCIES, PayloadConfig
 from capi_pipeline.identity.graph import is_junk_email
 
+# The day's events' visitors and those visitors' profiles, narrow and a day's size: the two
+# statements below join them as written (their right side the build side), so the build
+# side must not be identity's tables of every day.
+KEYS_SQL = """
+CREATE OR REPLACE TEMP TABLE enrich_keys AS
+SELECT s.rowid AS sid, v.visitor_id
+FROM staging.events s
+JOIN identity.event_visitors v USING (event_key)
+WHERE s.partition_date = $day AND s.duplicate_of IS NULL
+"""
+PROFILES_SQL = """
+CREATE OR REPLACE TEMP TABLE enrich_profiles AS
+SELECT visitor_id, email, phone, customer_id, first_name, last_name, city, state, zip,
+       country, ip, user_agent, web_seen_at
+FROM identity.visitor_profiles
+WHERE visitor_id IN (SELECT visitor_id FROM enrich_keys)
+"""
+
 # The day's events that map to a Pinterest event, with their visitor and profile. Read twice:
 # narrow into enrich_ids for the steps that need the identity columns, and whole by ROWS_SQL,
 # which joining enrich_ids back to the staged rows would cost more than reading them again.
@@ -42,8 +60,8 @@ EVENTS_FROM = """
 FROM staging.events s
 JOIN (SELECT unnest($sources) AS source_event_name, unnest($names) AS event_name) m
     USING (source_event_name)
-LEFT JOIN identity.event_visitors v USING (event_key)
-LEFT JOIN identity.visitor_profiles p ON p.visitor_id = v.visitor_id
+LEFT JOIN enrich_keys v ON v.sid = s.rowid
+LEFT JOIN enrich_profiles p ON p.visitor_id = v.visitor_id
 WHERE s.partition_date = $day AND s.duplicate_of IS NULL
 """
 
@@ -555,7 +573,9 @@ def _joins_as_written(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
     DuckDB builds the hash table on the side it estimates smaller, and with a day's filters
     on staging.events that is the wide staged rows: every column of them copied into the table
     and back out. In IDS_SQL and ROWS_SQL the staged rows come first and each joined table is
-    narrower, so the written order is the cheap one (DuckDB's documented way to force it).
+    narrower and a day's size (enrich_keys, enrich_profiles, the distinct values), never
+    identity's tables of every day, so the written order is the cheap one (DuckDB's
+    documented way to force it).
     """
     previous = conn.execute("SELECT current_setting('disabled_optimizers')").fetchall()[0][0]
     conn.execute("SET disabled_optimizers = 'join_order,build_side_probe_side'")
@@ -585,6 +605,8 @@ def build_pinterest_events(
         conn.execute(macro)
     sources = sorted(config.event_map)
     mapping = {"sources": sources, "names": [config.event_map[s] for s in sources]}
+    conn.execute(KEYS_SQL, {"day": day})
+    conn.execute(PROFILES_SQL)
     with _joins_as_written(conn):
         conn.execute(IDS_SQL, {"day": day, **mapping})
     # The rules run in Python (libphonenumber above all) in a thread of their own while
