@@ -9,15 +9,18 @@ Pinterest never sees ``null`` where its schema wants an array.
 
 Steps, each one statement over temporary tables of the connection:
 
-1. ``enrich_ids``: the identity columns of the day's events that map to a Pinterest event,
-   with their visitor's profile (narrow, so the steps that read it twice stay cheap).
-2. ``enrich_norm_<field>``: each hashed field's distinct raw values and their digests;
-   ``enrich_regions``: each distinct state and country as an ISO region, for LDP.
+1. ``enrich_keys`` and ``enrich_profiles``: the day's events' visitors and their profiles;
+   ``enrich_ids``: the identity columns of the day's events that map to a Pinterest event,
+   with their visitor's profile (narrow, for the steps that read only those).
+2. ``enrich_norm_<field>``: each hashed field's distinct raw values and their digests (the
+   rules run in a worker thread while DuckDB does step 3); ``enrich_regions``: each
+   distinct state and country as an ISO region, for LDP.
 3. ``enrich_history``: each event's visitor's latest click and stated consent (one window),
-   ``enrich_orders``: which report of an order wins, and ``enrich_items``: each event's
-   items as custom_data's contents.
+   ``enrich_orders``: which report of an order wins, ``enrich_items``: the items of events
+   with several as custom_data's contents, ``enrich_first_items`` and ``enrich_urls``: each
+   distinct single item and page address, worked out once.
 4. ``capi.pinterest_events``: the partition replaced by one streaming INSERT that reads the
-   staged rows once, joins the above and writes the payload (:data:`ROWS_SQL`).
+   staged rows, joins the above and writes the payload (:data:`ROWS_SQL`).
 """
 
 from __future__ import annotations
