@@ -23,6 +23,7 @@ threads, and the distinct values normalized.
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import sys
 import tempfile
@@ -166,6 +167,11 @@ def one_run(database: Path, day: date, now: datetime, table: str) -> dict[str, f
             "body_bytes": sum(map(len, bodies)), "distinct": distinct}
 
 
+def peak_rss_mb() -> float:
+    """The process's peak resident memory so far (DuckDB's buffers included), in MB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
@@ -190,12 +196,14 @@ def main(argv: list[str]) -> int:
                       f"eligible) -> {figures['bodies']:,} bodies, "
                       f"{figures['body_bytes'] / 1e6:.0f} MB in {figures['seconds']:.2f} s = "
                       f"{rate:,.0f} events/s ({figures['cpu_seconds']:.2f} s of CPU over all "
-                      f"threads); distinct values normalized {figures['distinct']}")
+                      f"threads, peak RSS so far {peak_rss_mb():,.0f} MB); distinct values "
+                      f"normalized {figures['distinct']}")
             medians[mode] = statistics.median(rates)
     print(f"median of {args.runs}, request bodies built in memory: "
           f"{medians['bodies']:,.0f} events/s")
     print(f"median of {args.runs}, as the asset runs (rows stored in capi.pinterest_events, "
           f"bodies read back): {medians['asset']:,.0f} events/s")
+    print(f"peak RSS of the process: {peak_rss_mb():,.0f} MB")
     return 0
 
 

@@ -276,6 +276,34 @@ def test_custom_data_types_currency_and_value_definition(warehouse):
     assert warehouse.payload("buy")["custom_data"]["value"] == "49"
 
 
+def test_events_sharing_an_item_or_a_page_each_carry_their_own(warehouse):
+    # enrich works out each distinct single item and page once and joins it back: events
+    # that share one, differ in one field, or have none must each get exactly their own.
+    mug = {"id": "7", "name": "Mug", "price": "19.50", "quantity": 1, "brand": None,
+           "category": "Kitchen"}
+    cart = {"source_event_name": "product_added_to_cart", "event_type": "add_to_cart",
+            "num_items": 1}
+    warehouse.add(
+        staged("a", items=[mug], page_url="https://shop.example.com/p/7?utm=x", **cart),
+        staged("b", items=[mug], page_url="https://shop.example.com/p/7#top", **cart),
+        staged("c", items=[{**mug, "quantity": 2}], page_url="https://", **cart),
+        staged("d", items=[{**mug, "name": "+1 415 555 0100"}],
+               page_url="https://shop.example.com/a b", **cart),
+        staged("e", items=[], page_url="https://shop.example.com/p/7"))
+    warehouse.build()
+    contents = {key: warehouse.payload(key).get("custom_data", {}).get("contents")
+                for key in "abcde"}
+    mug_sent = {"id": "7", "item_price": "19.5", "quantity": 1, "item_name": "Mug",
+                "item_category": "Kitchen"}
+    assert contents == {"a": [mug_sent], "b": [mug_sent], "c": [{**mug_sent, "quantity": 2}],
+                        "d": [{k: v for k, v in mug_sent.items() if k != "item_name"}],
+                        "e": None}
+    urls = {key: warehouse.payload(key).get("event_source_url") for key in "abcde"}
+    assert urls == {"a": "https://shop.example.com/p/7", "b": "https://shop.example.com/p/7",
+                    "c": None, "d": None, "e": "https://shop.example.com/p/7"}
+    assert "event_source_url" in warehouse.rows["c"]["dropped"]
+
+
 def test_an_order_keyed_in_without_a_browser_is_offline_unless_the_buyer_browsed(warehouse):
     webhook = {"source_format": "shopify_webhook", "source_event_name": "orders/create",
                "event_type": "purchase", "action_source": "offline", "ip": None,

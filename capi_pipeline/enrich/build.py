@@ -9,20 +9,25 @@ Pinterest never sees ``null`` where its schema wants an array.
 
 Steps, each one statement over temporary tables of the connection:
 
-1. ``enrich_ids``: the identity columns of the day's events that map to a Pinterest event,
-   with their visitor's profile (narrow, so the steps that read it twice stay cheap).
-2. ``enrich_norm_<field>``: each hashed field's distinct raw values and their digests;
-   ``enrich_regions``: each distinct state and country as an ISO region, for LDP.
+1. ``enrich_keys`` and ``enrich_profiles``: the day's events' visitors and their profiles;
+   ``enrich_ids``: the identity columns of the day's events that map to a Pinterest event,
+   with their visitor's profile (narrow, for the steps that read only those).
+2. ``enrich_norm_<field>``: each hashed field's distinct raw values and their digests (the
+   rules run in a worker thread while DuckDB does step 3); ``enrich_regions``: each
+   distinct state and country as an ISO region, for LDP.
 3. ``enrich_history``: each event's visitor's latest click and stated consent (one window),
-   ``enrich_orders``: which report of an order wins, and ``enrich_items``: each event's
-   items as custom_data's contents.
+   ``enrich_orders``: which report of an order wins, ``enrich_items``: the items of events
+   with several as custom_data's contents, ``enrich_first_items`` and ``enrich_urls``: each
+   distinct single item and page address, worked out once.
 4. ``capi.pinterest_events``: the partition replaced by one streaming INSERT that reads the
-   staged rows once, joins the above and writes the payload (:data:`ROWS_SQL`).
+   staged rows, joins the above and writes the payload (:data:`ROWS_SQL`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 
@@ -33,12 +38,38 @@ from capi_pipeline.enrich.normalize import RULES, country_code, normalize_distin
 from capi_pipeline.enrich.payload import CURRENCIES, PayloadConfig
 from capi_pipeline.identity.graph import is_junk_email
 
-IDS_SQL = """
-CREATE OR REPLACE TEMP TABLE enrich_ids AS
-WITH mapping AS (
-    SELECT unnest($sources) AS source_event_name, unnest($names) AS event_name
-)
-SELECT s.event_key, v.visitor_id, s.event_time, m.event_name,
+# The day's events' visitors and those visitors' profiles, narrow and a day's size: the two
+# statements below join them as written (their right side the build side), so the build
+# side must not be identity's tables of every day.
+KEYS_SQL = """
+CREATE OR REPLACE TEMP TABLE enrich_keys AS
+SELECT s.rowid AS sid, v.visitor_id
+FROM staging.events s
+JOIN identity.event_visitors v USING (event_key)
+WHERE s.partition_date = $day AND s.duplicate_of IS NULL
+"""
+PROFILES_SQL = """
+CREATE OR REPLACE TEMP TABLE enrich_profiles AS
+SELECT visitor_id, email, phone, customer_id, first_name, last_name, city, state, zip,
+       country, ip, user_agent, web_seen_at
+FROM identity.visitor_profiles
+WHERE visitor_id IN (SELECT visitor_id FROM enrich_keys)
+"""
+
+# The day's events that map to a Pinterest event, with their visitor and profile. Read twice:
+# narrow into enrich_ids for the steps that need the identity columns, and whole by ROWS_SQL,
+# which joining enrich_ids back to the staged rows would cost more than reading them again.
+EVENTS_FROM = """
+FROM staging.events s
+JOIN (SELECT unnest($sources) AS source_event_name, unnest($names) AS event_name) m
+    USING (source_event_name)
+LEFT JOIN enrich_keys v ON v.sid = s.rowid
+LEFT JOIN enrich_profiles p ON p.visitor_id = v.visitor_id
+WHERE s.partition_date = $day AND s.duplicate_of IS NULL
+"""
+
+IDENTITY_COLUMNS = """
+       s.rowid AS sid, v.visitor_id, s.event_time, m.event_name,
        s.email, p.email AS profile_email, s.phone, p.phone AS profile_phone,
        s.gender, s.date_of_birth, s.customer_id, p.customer_id AS profile_customer_id,
        s.advertising_id,
@@ -55,14 +86,28 @@ SELECT s.event_key, v.visitor_id, s.event_time, m.event_name,
        -- address in the address's country.
        coalesce(s.country, p.country) AS region,
        coalesce(p.country, s.country) AS profile_region,
-       coalesce(address_country, s.country, p.country) AS address_region,
+       coalesce(address_country, s.country, p.country) AS address_region"""
+
+# What the payload reads from the staged row and the profile besides the identity columns.
+PAYLOAD_COLUMNS = """
        p.ip AS profile_ip, p.user_agent AS profile_user_agent,
-       p.web_seen_at AS profile_web_seen_at
-FROM staging.events s
-JOIN mapping m USING (source_event_name)
-LEFT JOIN identity.event_visitors v USING (event_key)
-LEFT JOIN identity.visitor_profiles p ON p.visitor_id = v.visitor_id
-WHERE s.partition_date = $day AND s.duplicate_of IS NULL
+       p.web_seen_at AS profile_web_seen_at,
+       s.event_id, s.source_format, s.source_event_name, s.event_type, s.action_source,
+       s.store, s.ip, s.user_agent, s.page_url, capi_url_base(s.page_url) AS url_base,
+       s.click_id, s.order_id, s.ad_tracking_allowed, s.marketing_allowed,
+       s.sale_of_data_allowed, s.value, s.currency, s.search_string, s.num_items, s.is_bot,
+       s.is_test,
+       len(s.items) AS item_count,
+       CASE WHEN $value_source = 'items' AND len(s.items) > 0
+            THEN list_sum(list_transform(s.items, lambda x: x.price * x.quantity))
+            END AS items_value,
+       -- The key of the events with one item into enrich_first_items.
+       s.items[1] AS first_item"""
+
+IDS_SQL = f"""
+CREATE OR REPLACE TEMP TABLE enrich_ids AS
+SELECT {IDENTITY_COLUMNS}
+{EVENTS_FROM}
 """
 
 # Each event's visitor's latest click and stated consent up to the event: the day's events
@@ -71,11 +116,11 @@ WHERE s.partition_date = $day AND s.duplicate_of IS NULL
 HISTORY_SQL = """
 CREATE OR REPLACE TEMP TABLE enrich_history AS
 WITH stream AS (
-    SELECT event_key, visitor_id, event_time, NULL::VARCHAR AS click_id,
+    SELECT sid, visitor_id, event_time, NULL::VARCHAR AS click_id,
            NULL::BOOLEAN AS marketing_allowed, NULL::BOOLEAN AS sale_of_data_allowed
     FROM enrich_ids WHERE visitor_id IS NOT NULL
     UNION ALL
-    SELECT NULL, v.visitor_id, s.event_time, s.click_id, s.marketing_allowed,
+    SELECT NULL::BIGINT, v.visitor_id, s.event_time, s.click_id, s.marketing_allowed,
            s.sale_of_data_allowed
     FROM staging.events s
     JOIN identity.event_visitors v USING (event_key)
@@ -84,7 +129,7 @@ WITH stream AS (
       AND v.visitor_id IN (SELECT visitor_id FROM enrich_ids)
 ),
 latest AS (
-    SELECT event_key,
+    SELECT sid,
            last_value(click_id IGNORE NULLS) OVER w AS profile_click_id,
            last_value(CASE WHEN click_id IS NOT NULL THEN event_time END IGNORE NULLS) OVER w
                AS profile_click_time,
@@ -95,7 +140,7 @@ latest AS (
     WINDOW w AS (PARTITION BY visitor_id ORDER BY event_time
                  RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
 )
-SELECT * FROM latest WHERE event_key IS NOT NULL
+SELECT * FROM latest WHERE sid IS NOT NULL
 """
 
 # An order reported on two days (a pixel before midnight, its webhook after) is still one
@@ -125,29 +170,56 @@ GROUP BY order_id
 # The items of the day's events with several, one row each, as custom_data's contents,
 # content_ids and content_category: flat rows let plain vectorized expressions do what
 # per-event lambdas over lists did at a quarter of the speed. Events with one item (most
-# product views and adds to cart) take the same member from items[1] in ROWS_SQL.
+# product views and adds to cart) take the same members from enrich_first_items.
 ITEMS_SQL = """
 CREATE OR REPLACE TEMP TABLE enrich_items AS
 WITH flat AS (
-    SELECT event_key, unnest(items) AS x, generate_subscripts(items, 1) AS n
+    SELECT rowid AS sid, unnest(items) AS x, generate_subscripts(items, 1) AS n
     FROM staging.events
     WHERE partition_date = $day AND duplicate_of IS NULL AND len(items) > 1
-      AND event_key IN (SELECT event_key FROM enrich_ids)
+      AND rowid IN (SELECT sid FROM enrich_ids)
 ),
 members AS (
-    SELECT event_key, n, x.id AS id, x.category AS category,
-           row_number() OVER (PARTITION BY event_key, x.id ORDER BY n) = 1 AS first_of_id,
+    SELECT sid, n, x.id AS id, x.category AS category,
+           row_number() OVER (PARTITION BY sid, x.id ORDER BY n) = 1 AS first_of_id,
            capi_item_member(x) AS member
     FROM flat
 )
-SELECT event_key,
+SELECT sid,
        '[' || string_agg('{' || member || '}', ',' ORDER BY n) || ']' AS contents_json,
        '[' || string_agg(to_json(id)::VARCHAR, ',' ORDER BY n)
               FILTER (WHERE id IS NOT NULL AND first_of_id) || ']' AS content_ids_json,
        CASE WHEN count(*) = count(category) AND count(DISTINCT category) = 1
             THEN capi_safe_text(any_value(category)) END AS content_category
 FROM members
-GROUP BY event_key
+GROUP BY sid
+"""
+
+# The same members for each distinct item of the events with one: a store's product views
+# and adds to cart repeat a catalogue's items, so each is written once rather than per event.
+FIRST_ITEMS_SQL = """
+CREATE OR REPLACE TEMP TABLE enrich_first_items AS
+SELECT item,
+       '[{' || capi_item_member(item) || '}]' AS contents_json,
+       '[' || to_json(item.id)::VARCHAR || ']' AS content_ids_json,
+       capi_safe_text(item.category) AS content_category
+FROM (
+    SELECT DISTINCT items[1] AS item FROM staging.events
+    WHERE partition_date = $day AND duplicate_of IS NULL AND len(items) = 1
+      AND rowid IN (SELECT sid FROM enrich_ids)
+)
+"""
+
+# Each distinct page address of the day (query and fragment cut) and what is sent of it: a
+# store's events share a few thousand pages, and the checks are string scans.
+URLS_SQL = """
+CREATE OR REPLACE TEMP TABLE enrich_urls AS
+SELECT url_base, capi_page_url(url_base) AS url_sent
+FROM (
+    SELECT DISTINCT capi_url_base(page_url) AS url_base FROM staging.events
+    WHERE partition_date = $day AND duplicate_of IS NULL AND page_url IS NOT NULL
+      AND rowid IN (SELECT sid FROM enrich_ids)
+)
 """
 
 # Where each hashed field's values come from, in enrich_ids' columns. Lists are merged in
@@ -244,55 +316,34 @@ OUTPUT_COLUMNS = """
 
 # The rows of capi.pinterest_events, in OUTPUT_COLUMNS order.
 ROWS_SQL = """
-WITH staged AS (
-    -- Everything read from the items list, worked out here, before the joins: a list of
-    -- structs carried through the dozen joins below costs more than the joins themselves.
-    SELECT s.event_key, s.event_id, s.source_format, s.source_event_name, s.event_type,
-           s.action_source, s.store, s.ip, s.user_agent, s.page_url,
-           capi_url_base(s.page_url) AS url_base, s.click_id, s.order_id,
-           s.ad_tracking_allowed, s.marketing_allowed, s.sale_of_data_allowed, s.value,
-           s.currency, s.search_string, s.num_items, s.is_bot, s.is_test,
-           len(s.items) AS item_count,
-           CASE WHEN $value_source = 'items' AND len(s.items) > 0
-                THEN list_sum(list_transform(s.items, lambda x: x.price * x.quantity))
-                END AS items_value,
-           -- The first item of every list, used by the events with one: outside a CASE, where
-           -- DuckDB reads struct fields three times faster than under one.
-           capi_item_member(s.items[1]) AS first_item_member,
-           to_json(s.items[1].id)::VARCHAR AS first_item_id_json,
-           capi_safe_text(s.items[1].category) AS first_item_category
-    FROM staging.events s
-    WHERE s.partition_date = $day AND s.duplicate_of IS NULL
+WITH day_events AS (
+    SELECT {identity}, {payload}
+    {events}
 ),
 base AS (
-    SELECT s.event_id, s.source_format, s.source_event_name, s.event_type, s.action_source,
-           s.store, s.ip, s.user_agent, s.page_url, s.url_base,
-           s.click_id, s.order_id,
-           s.ad_tracking_allowed, s.marketing_allowed, s.sale_of_data_allowed, s.value,
-           s.currency, s.search_string, s.item_count, s.items_value, s.num_items, s.is_bot,
-           s.is_test,
-           d.*,
+    SELECT d.*,
            {digests},
            r.ldp_region, cur.code AS currency_code, h.profile_click_id, h.profile_click_time,
-           coalesce(s.marketing_allowed, h.visitor_marketing_allowed) AS consent_marketing,
-           coalesce(s.sale_of_data_allowed, h.visitor_sale_of_data_allowed) AS consent_sale,
-           w.winner_event_id AS order_winner_event_id,
-           CASE WHEN s.item_count = 1 THEN '[{{' || s.first_item_member || '}}]'
+           coalesce(d.marketing_allowed, h.visitor_marketing_allowed) AS consent_marketing,
+           coalesce(d.sale_of_data_allowed, h.visitor_sale_of_data_allowed) AS consent_sale,
+           w.winner_event_id AS order_winner_event_id, u.url_sent,
+           CASE WHEN d.item_count = 1 THEN fi.contents_json
                 ELSE it.contents_json END AS contents_json,
-           CASE WHEN s.item_count = 1 THEN '[' || s.first_item_id_json || ']'
+           CASE WHEN d.item_count = 1 THEN fi.content_ids_json
                 ELSE it.content_ids_json END AS content_ids_json,
-           CASE WHEN s.item_count = 1 THEN s.first_item_category
+           CASE WHEN d.item_count = 1 THEN fi.content_category
                 ELSE it.content_category END AS content_category
-    FROM staged s
-    JOIN enrich_ids d USING (event_key)
+    FROM day_events d
     {joins}
     LEFT JOIN enrich_regions r
         ON r.state IS NOT DISTINCT FROM d.address_state
        AND r.region IS NOT DISTINCT FROM d.address_region
-    LEFT JOIN enrich_history h ON h.event_key = d.event_key
-    LEFT JOIN enrich_currencies cur ON cur.code = upper(s.currency)
-    LEFT JOIN enrich_items it ON it.event_key = d.event_key
-    LEFT JOIN enrich_orders w ON s.event_type = 'purchase' AND w.order_id = s.order_id
+    LEFT JOIN enrich_history h ON h.sid = d.sid
+    LEFT JOIN enrich_currencies cur ON cur.code = upper(d.currency)
+    LEFT JOIN enrich_items it ON it.sid = d.sid
+    LEFT JOIN enrich_first_items fi ON fi.item IS NOT DISTINCT FROM d.first_item
+    LEFT JOIN enrich_urls u ON u.url_base = d.url_base
+    LEFT JOIN enrich_orders w ON d.event_type = 'purchase' AND w.order_id = d.order_id
 ),
 derived AS (
     SELECT *,
@@ -316,7 +367,6 @@ derived AS (
         CASE WHEN $value_source = 'items' AND item_count > 0 THEN items_value
              ELSE value END AS value_sent,
         capi_safe_text(search_string) AS search_sent,
-        capi_page_url(url_base) AS url_sent,
         coalesce(consent_sale IS FALSE AND ldp_region, false) AS ldp
     FROM base
 ),
@@ -369,19 +419,20 @@ SELECT
         CASE WHEN currency IS NOT NULL AND currency_sent IS NULL THEN 'currency' END
     ), ''), ','),
     value_sent::DECIMAL(18, 2), currency_sent,
+    -- One concat over every piece, NULL pieces skipped: each optional member carries its own
+    -- comma, so the payload's 600 bytes are copied once rather than once per nesting level.
     concat('{{"event_name":"', event_name, '","action_source":"', action_source_sent,
            '","event_time":', epoch_ms(event_time) // 1000, ',"event_id":', to_json(event_id),
-           ',') || concat_ws(',',
-        capi_j_text('event_source_url', url_sent),
-        CASE WHEN opt_out THEN '"opt_out":true' END,
-        capi_j_text('partner_name', $partner_name),
-        '"user_data":{{' || concat_ws(',',
+           CASE WHEN url_sent IS NOT NULL THEN ',"event_source_url":' END, to_json(url_sent),
+           CASE WHEN opt_out THEN ',"opt_out":true' END,
+           ',"partner_name":' || to_json($partner_name),
+           ',"user_data":{{', concat_ws(',',
             {user_data},
             capi_j_text('client_ip_address', ip_sent),
             capi_j_text('client_user_agent', ua_sent),
-            capi_j_text('click_id', click_sent)) || '}}',
-        CASE WHEN custom_json IS NOT NULL THEN concat('"custom_data":{{', custom_json, '}}') END
-    ) || '}}'
+            capi_j_text('click_id', click_sent)), '}}',
+           CASE WHEN custom_json IS NOT NULL THEN ',"custom_data":{{' END, custom_json,
+           CASE WHEN custom_json IS NOT NULL THEN '}}' END, '}}')
 FROM assembled
 """
 
@@ -433,12 +484,13 @@ def _joins_and_columns() -> tuple[str, str, str, str, str]:
 
 _JOINS, _DIGESTS, _LISTS, _DROPPED, _USER_DATA = _joins_and_columns()
 ROWS_SQL = ROWS_SQL.format(joins=_JOINS, digests=_DIGESTS, lists=_LISTS, dropped=_DROPPED,
-                           user_data=_USER_DATA)
+                           user_data=_USER_DATA, identity=IDENTITY_COLUMNS,
+                           payload=PAYLOAD_COLUMNS, events=EVENTS_FROM)
 
 
-def _normalize_field(conn: duckdb.DuckDBPyConnection, field: str, config: PayloadConfig) -> int:
-    """Fill enrich_norm_<field> with the digest of each distinct value; returns the values
-    a source meant to send hashed that were not hashes."""
+def _distinct_values(conn: duckdb.DuckDBPyConnection, field: str) -> list[tuple]:
+    """Each distinct raw value of a field in the day's events, with its country when the
+    field's rule reads one."""
     rule = RULES[field]
     selects = " UNION ALL ".join(
         f"SELECT {source} AS raw, "
@@ -446,25 +498,32 @@ def _normalize_field(conn: duckdb.DuckDBPyConnection, field: str, config: Payloa
         f"FROM enrich_ids"
         for source in FIELD_SOURCES[field]
     )
-    pairs = conn.execute(
+    return conn.execute(
         f"SELECT DISTINCT raw, region FROM ({selects}) WHERE raw IS NOT NULL"
     ).fetchall()
+
+
+def _normalized(field: str, pairs: list[tuple], config: PayloadConfig) -> pl.DataFrame:
+    """Each distinct value's text to hash (None: left out) and whether it is a digest."""
     raws = [raw for raw, _ in pairs]
     all_regions = [region for _, region in pairs]
-    regions = all_regions if rule.uses_country else None
-    arrives_hashed = field in config.hashed_on_arrival
+    regions = all_regions if RULES[field].uses_country else None
     texts, is_digest = normalize_distinct(
-        field, raws, regions, config.default_region, arrives_hashed)
+        field, raws, regions, config.default_region, field in config.hashed_on_arrival)
     if field == "em":
         texts = [None if text is not None and not digest
                  and is_junk_email(text, config.junk_emails) else text
                  for text, digest in zip(texts, is_digest, strict=True)]
-    lookup = pl.DataFrame(
+    return pl.DataFrame(
         {"raw": raws, "region": all_regions, "text": texts,
          "is_digest": is_digest},
         schema={"raw": pl.String, "region": pl.String, "text": pl.String,
                 "is_digest": pl.Boolean},
     )
+
+
+def _store_digests(conn: duckdb.DuckDBPyConnection, field: str, lookup: pl.DataFrame) -> None:
+    """enrich_norm_<field>: each distinct value's digest, hashed by DuckDB."""
     conn.register("enrich_lookup", lookup)
     conn.execute(f"""
         CREATE OR REPLACE TEMP TABLE enrich_norm_{field} AS
@@ -474,15 +533,10 @@ def _normalize_field(conn: duckdb.DuckDBPyConnection, field: str, config: Payloa
         FROM enrich_lookup
     """)
     conn.unregister("enrich_lookup")
-    return sum(1 for text in texts if text is None) if arrives_hashed else 0
 
 
-def _regions(conn: duckdb.DuckDBPyConnection, config: PayloadConfig) -> None:
-    """Whether each distinct (state, country) of the day is a configured LDP region, and the
-    ISO 4217 codes a currency must be one of."""
-    pairs = conn.execute("""
-        SELECT DISTINCT address_state AS state, address_region AS region FROM enrich_ids
-    """).fetchall()
+def _ldp_flags(pairs: list[tuple], config: PayloadConfig) -> pl.DataFrame:
+    """Whether each distinct (state, country) of the day is a configured LDP region."""
     ldp = set(config.ldp_regions)
     flags = []
     for state, region in pairs:
@@ -490,10 +544,14 @@ def _regions(conn: duckdb.DuckDBPyConnection, config: PayloadConfig) -> None:
         country = country or country_code(config.default_region)
         code = state_code(state, country) if state else None
         flags.append(country in ldp or (code is not None and f"{country}-{code.upper()}" in ldp))
-    frame = pl.DataFrame(
+    return pl.DataFrame(
         {"state": [p[0] for p in pairs], "region": [p[1] for p in pairs], "ldp_region": flags},
         schema={"state": pl.String, "region": pl.String, "ldp_region": pl.Boolean},
     )
+
+
+def _store_regions(conn: duckdb.DuckDBPyConnection, frame: pl.DataFrame) -> None:
+    """enrich_regions (the LDP flags), and the ISO 4217 codes a currency must be one of."""
     conn.register("enrich_region_keys", frame)
     conn.execute("CREATE OR REPLACE TEMP TABLE enrich_regions AS SELECT * FROM enrich_region_keys")
     conn.unregister("enrich_region_keys")
@@ -501,7 +559,33 @@ def _regions(conn: duckdb.DuckDBPyConnection, config: PayloadConfig) -> None:
                  [list(CURRENCIES)])
 
 
+def _apply_rules(values: dict[str, list[tuple]], region_pairs: list[tuple],
+                 config: PayloadConfig) -> tuple[dict[str, pl.DataFrame], pl.DataFrame]:
+    """The normalization table over the day's distinct values: Python only, no connection."""
+    return ({field: _normalized(field, pairs, config) for field, pairs in values.items()},
+            _ldp_flags(region_pairs, config))
+
+
 CAPI_TABLE = "capi.pinterest_events"
+
+
+@contextmanager
+def _joins_as_written(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """Joins in the order the statement writes them, each one's right side the build side.
+
+    DuckDB builds the hash table on the side it estimates smaller, and with a day's filters
+    on staging.events that is the wide staged rows: every column of them copied into the table
+    and back out. In IDS_SQL and ROWS_SQL the staged rows come first and each joined table is
+    narrower and a day's size (enrich_keys, enrich_profiles, the distinct values), never
+    identity's tables of every day, so the written order is the cheap one (DuckDB's
+    documented way to force it).
+    """
+    previous = conn.execute("SELECT current_setting('disabled_optimizers')").fetchall()[0][0]
+    conn.execute("SET disabled_optimizers = 'join_order,build_side_probe_side'")
+    try:
+        yield
+    finally:
+        conn.execute(f"SET disabled_optimizers = '{previous}'")
 
 
 def build_pinterest_events(
@@ -523,34 +607,52 @@ def build_pinterest_events(
     for macro in MACROS:
         conn.execute(macro)
     sources = sorted(config.event_map)
-    conn.execute(IDS_SQL, {
-        "day": day, "sources": sources, "names": [config.event_map[s] for s in sources],
-    })
+    mapping = {"sources": sources, "names": [config.event_map[s] for s in sources]}
+    conn.execute(KEYS_SQL, {"day": day})
+    conn.execute(PROFILES_SQL)
+    with _joins_as_written(conn):
+        conn.execute(IDS_SQL, {"day": day, **mapping})
+    # The rules run in Python (libphonenumber above all) in a thread of their own while
+    # DuckDB, which lets go of the GIL while it executes, works out the history, orders and
+    # items: on two cores the two overlap instead of DuckDB waiting for the rules.
+    values = {field: _distinct_values(conn, field) for field in FIELD_SOURCES}
+    region_pairs = conn.execute(
+        "SELECT DISTINCT address_state AS state, address_region AS region FROM enrich_ids"
+    ).fetchall()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="enrich-rules") as pool:
+        rules_applied = pool.submit(_apply_rules, values, region_pairs, config)
+        conn.execute(HISTORY_SQL)
+        conn.execute(ORDERS_SQL, {"day": day})
+        conn.execute(ITEMS_SQL, {"day": day})
+        conn.execute(FIRST_ITEMS_SQL, {"day": day})
+        conn.execute(URLS_SQL, {"day": day})
+        lookups, ldp_flags = rules_applied.result()
     not_hashed = {}
-    for field in FIELD_SOURCES:
-        count = _normalize_field(conn, field, config)
-        if count:
-            not_hashed[field] = count
-    _regions(conn, config)
-    conn.execute(HISTORY_SQL)
-    conn.execute(ORDERS_SQL, {"day": day})
-    conn.execute(ITEMS_SQL, {"day": day})
+    for field, lookup in lookups.items():
+        _store_digests(conn, field, lookup)
+        if field in config.hashed_on_arrival:
+            count = lookup["text"].null_count()
+            if count:
+                not_hashed[field] = count
+    _store_regions(conn, ldp_flags)
 
     params = {
         "day": day, "partner_name": config.partner_name,
         "attribution": config.attribution_window, "value_source": config.value_source,
         "consent_policy": config.consent_policy, "now": config.now,
-        "max_age": config.max_event_age, "max_skew": config.max_future_skew,
+        "max_age": config.max_event_age, "max_skew": config.max_future_skew, **mapping,
     }
     if table != CAPI_TABLE:
-        conn.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT * FROM ({ROWS_SQL}) "
-                     f"AS rows({OUTPUT_COLUMNS})", params)
+        with _joins_as_written(conn):
+            conn.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT * FROM ({ROWS_SQL}) "
+                         f"AS rows({OUTPUT_COLUMNS})", params)
         return _result(conn, table, day, not_hashed)
 
     conn.execute("BEGIN TRANSACTION")
     try:
         conn.execute(f"DELETE FROM {CAPI_TABLE} WHERE partition_date = ?", [day])
-        conn.execute(f"INSERT INTO {CAPI_TABLE} ({OUTPUT_COLUMNS}) {ROWS_SQL}", params)
+        with _joins_as_written(conn):
+            conn.execute(f"INSERT INTO {CAPI_TABLE} ({OUTPUT_COLUMNS}) {ROWS_SQL}", params)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
