@@ -200,6 +200,27 @@ def test_fast_path_gives_what_the_python_parser_gives_on_demo_lines(conn, demo_l
                 result.path, number)
 
 
+def test_fast_path_matches_the_parser_on_odd_envelope_bodies(conn, tmp_path):
+    """The fast path reads an envelope's object body in the line's own parse: every other
+    kind of body (null, array, number, a string holding JSON or not) must still end as the
+    parser says, and a bare event that merely has a `body` field is not an envelope."""
+    pixel = json.loads(_pixel("p-1", "2026-12-02T10:00:00Z"))
+    envelope = {"received_at": "2026-12-02T10:00:01Z", "ip": "203.0.113.9"}
+    bodies = [pixel, None, [pixel], 7, "not json", orjson.dumps(pixel).decode(),
+              orjson.dumps([pixel]).decode(), '"{}"', {}, {"body": pixel},
+              dict(pixel, body={"x": 1}), {"name": "page_viewed"}]
+    lines = [orjson.dumps({**envelope, "body": body}) for body in bodies]
+    lines += [orjson.dumps(dict(pixel, body=pixel)), orjson.dumps({"body": pixel}),
+              orjson.dumps({"user_agent": "Mozilla/5.0", "body": pixel})]
+    _write(tmp_path / "l" / "odd.ndjson", lines)
+    (result,) = _sync(conn, tmp_path / "l")
+    assert result.lines_read == result.lines_accepted + result.lines_rejected == len(lines)
+    assert result.fast_lines >= 4
+    loaded = _loaded_rows(conn)
+    for number, raw in enumerate(lines, start=1):
+        assert loaded.get(number, []) == _parser_rows(raw), number
+
+
 @needs_shared
 def test_fast_path_matches_the_parser_on_the_real_pixel_capture(conn, tmp_path):
     lines = (VALMI / "pixel_events.ndjson").read_bytes().splitlines()
