@@ -144,6 +144,34 @@ BAD_LINES = {
 }
 
 
+def test_bad_utf8_marks_exactly_the_lines_that_do_not_decode_alone():
+    import numpy as np
+
+    from capi_pipeline.ingest.load import _bad_utf8
+
+    pieces = [b"plain", "caf\u00e9 \u2013 \U0001f600".encode(), b"\xff", b"\xc3", b"\xe2\x80",
+              b"\xed\xa0\x80", b"\xc0\xaf", b"\x80", b"{\"a\":1}", "\u00e9".encode()]
+    generator = random.Random(5)
+    for _ in range(200):
+        lines = [b"".join(generator.choices(pieces, k=generator.randint(0, 4)))
+                 for _ in range(generator.randint(1, 12))]
+        block = b"\n".join(lines) + generator.choice([b"\n", b""])
+        ends = [index + 1 for index, byte in enumerate(block) if byte == 10]
+        if not block.endswith(b"\n"):
+            ends.append(len(block))
+        offsets = np.array([0, *ends], dtype=np.int32)
+
+        def decodes(line: bytes) -> bool:
+            try:
+                line.decode("utf-8")
+                return True
+            except UnicodeDecodeError:
+                return False
+
+        expected = [not decodes(block[a:b]) for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+        assert _bad_utf8(block, offsets).tolist() == expected, block
+
+
 def test_each_kind_of_bad_line_is_rejected_with_its_reason_and_first_bytes(conn, tmp_path):
     good = [_pixel("e-1", "2026-12-01T10:00:00Z")]
     _write(tmp_path / "l" / "mixed.ndjson", good + list(BAD_LINES))
