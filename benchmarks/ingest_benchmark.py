@@ -4,9 +4,11 @@
 
 Generates realistic events with the demo generator (Shopify pixel events in the collector
 envelope, Segment calls and batches, order webhooks, with its bad lines, duplicates and late
-events), writes them as one NDJSON file, then for each run, in a fresh process and a fresh
-DuckDB file: lands the file (manifest, fast path, Python fallback: raw.events and
-raw.rejected_lines) and builds staging.events for every day it holds. It prints events per
+events; each source and day's file gives its share, and seven pixel events in eight keep a
+lighter collector's context, about 1.1 KB a line), writes them as one NDJSON file, then for
+each run, in a fresh process and a fresh DuckDB file: lands the file (manifest, fast path,
+Python fallback: raw.events and raw.rejected_lines) and builds staging.events for every day
+it holds. It prints events per
 second and the peak RSS of the process (DuckDB included), the median of the runs, and the rate
 of `CREATE TABLE AS SELECT * FROM read_json(...)` of the same file into a DuckDB file, timed
 the same way, with the ratio of the two.
@@ -27,7 +29,13 @@ LINES_PER_VISITOR_DAY = 6.5  # what the demo generator writes per visitor and da
 
 
 def generate(path: Path, events: int) -> None:
-    """One NDJSON file of `events` lines from the demo generator (cached by size)."""
+    """One NDJSON file of `events` lines from the demo generator (cached by size).
+
+    The generator writes one file per source and day (pixel, Segment, webhooks); each gives
+    the same share of its lines, so every shape and day is in the file whatever its size.
+    """
+    import gzip
+
     from capi_pipeline.demo.generate import generate as demo
 
     if path.exists():
@@ -36,19 +44,109 @@ def generate(path: Path, events: int) -> None:
     visitors = max(1, int(events / days / LINES_PER_VISITOR_DAY * 1.1))
     with tempfile.TemporaryDirectory() as folder:
         demo(Path(folder), date(2026, 12, 2), days=days, visitors_per_day=visitors, seed=11)
-        written = 0
-        with path.open("wb") as out:
-            import gzip
-            for file in sorted(Path(folder).rglob("*.ndjson*")):
-                opener = gzip.open if file.suffix == ".gz" else open
-                with opener(file, "rb") as handle:
-                    for line in handle:
-                        if written == events:
-                            break
-                        out.write(line if line.endswith(b"\n") else line + b"\n")
-                        written += 1
-    if written < events:
-        raise SystemExit(f"generator gave {written} lines, fewer than {events}")
+        files = sorted(Path(folder).rglob("*.ndjson*"))
+
+        def lines_of(file: Path):
+            opener = gzip.open if file.suffix == ".gz" else open
+            with opener(file, "rb") as handle:
+                yield from handle
+
+        counts = [sum(1 for _ in lines_of(file)) for file in files]
+        total = sum(counts)
+        if total < events:
+            raise SystemExit(f"generator gave {total} lines, fewer than {events}")
+        shares = [count * events // total for count in counts]
+        shares[-1] += events - sum(shares)
+        partial = path.with_suffix(".partial")
+        with partial.open("wb") as out:
+            for file, share in zip(files, shares, strict=True):
+                for written, line in enumerate(lines_of(file)):
+                    if written == share:
+                        break
+                    line = trim_context(line)
+                    out.write(line if line.endswith(b"\n") else line + b"\n")
+        partial.rename(path)
+
+
+FULL_CONTEXT_EVERY = 8  # one pixel event in eight keeps the generator's whole browser context
+COLLECTION_VARIANTS = 4  # the variants a lighter collector forwards of a collection_viewed
+
+
+def trim_context(line: bytes) -> bytes:
+    """A pixel event in the envelope as a lighter collector keeps it, seven times in eight.
+
+    The demo generator gives every pixel event the whole `context` a custom pixel sees
+    (document, navigator and window, about 1.2 KB) and every product variant its image and
+    URLs. Most collectors forward less: these keep the page's URL, referrer and title, the
+    navigator's user agent and language, each variant's ids, titles, price, vendor and type,
+    and a collection's first four variants, so the file averages about 1.1 KB a line. An
+    envelope whose body is a JSON string is trimmed inside the string and stays a string.
+    Every other line (bad lines, Segment calls and batches, webhooks) is written as the
+    generator wrote it; the choice depends on the line's bytes, so a duplicated line stays a
+    duplicate.
+    """
+    import orjson
+
+    if hash_bucket(line) == 0:
+        return line
+    try:
+        value = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return line
+    body = value.get("body") if isinstance(value, dict) else None
+    if isinstance(body, str):
+        try:
+            inner = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return line
+        if not isinstance(inner, dict) or not _trim_body(inner):
+            return line
+        value["body"] = orjson.dumps(inner).decode()
+    elif not isinstance(body, dict) or not _trim_body(body):
+        return line
+    return orjson.dumps(value) + b"\n"
+
+
+def _trim_body(body: dict) -> bool:
+    context = body.get("context")
+    if not isinstance(context, dict):
+        return False
+    document = context.get("document") or {}
+    navigator = context.get("navigator") or {}
+    body["context"] = {
+        "document": {"location": {"href": (document.get("location") or {}).get("href")},
+                     "referrer": document.get("referrer"), "title": document.get("title")},
+        "navigator": {"language": navigator.get("language"),
+                      "userAgent": navigator.get("userAgent")},
+    }
+    data = body.get("data")
+    collection = data.get("collection") if isinstance(data, dict) else None
+    if isinstance(collection, dict) and isinstance(collection.get("productVariants"), list):
+        collection["productVariants"] = collection["productVariants"][:COLLECTION_VARIANTS]
+    _trim_variants(data)
+    return True
+
+
+def _trim_variants(value) -> None:
+    """Drop the image and URL fields of every product variant, wherever it sits."""
+    if isinstance(value, list):
+        for item in value:
+            _trim_variants(item)
+    elif isinstance(value, dict):
+        value.pop("image", None)
+        value.pop("untranslatedTitle", None)
+        product = value.get("product")
+        if isinstance(product, dict):
+            product.pop("untranslatedTitle", None)
+            product.pop("url", None)
+        for item in value.values():
+            _trim_variants(item)
+
+
+def hash_bucket(line: bytes) -> int:
+    import zlib
+
+    return zlib.crc32(line) % FULL_CONTEXT_EVERY
 
 
 def run_pipeline(source: Path, memory_limit: str) -> dict:
@@ -133,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     args.workdir.mkdir(parents=True, exist_ok=True)
-    source = args.workdir / f"events-{args.events}.ndjson"
+    source = args.workdir / f"events-{args.events}-1kb.ndjson"
     started = time.perf_counter()
     generate(source, args.events)
     size_mb = source.stat().st_size / 1e6

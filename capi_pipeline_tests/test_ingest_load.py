@@ -144,6 +144,34 @@ BAD_LINES = {
 }
 
 
+def test_bad_utf8_marks_exactly_the_lines_that_do_not_decode_alone():
+    import numpy as np
+
+    from capi_pipeline.ingest.load import _bad_utf8
+
+    pieces = [b"plain", "caf\u00e9 \u2013 \U0001f600".encode(), b"\xff", b"\xc3", b"\xe2\x80",
+              b"\xed\xa0\x80", b"\xc0\xaf", b"\x80", b"{\"a\":1}", "\u00e9".encode()]
+    generator = random.Random(5)
+    for _ in range(200):
+        lines = [b"".join(generator.choices(pieces, k=generator.randint(0, 4)))
+                 for _ in range(generator.randint(1, 12))]
+        block = b"\n".join(lines) + generator.choice([b"\n", b""])
+        ends = [index + 1 for index, byte in enumerate(block) if byte == 10]
+        if not block.endswith(b"\n"):
+            ends.append(len(block))
+        offsets = np.array([0, *ends], dtype=np.int32)
+
+        def decodes(line: bytes) -> bool:
+            try:
+                line.decode("utf-8")
+                return True
+            except UnicodeDecodeError:
+                return False
+
+        expected = [not decodes(block[a:b]) for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+        assert _bad_utf8(block, offsets).tolist() == expected, block
+
+
 def test_each_kind_of_bad_line_is_rejected_with_its_reason_and_first_bytes(conn, tmp_path):
     good = [_pixel("e-1", "2026-12-01T10:00:00Z")]
     _write(tmp_path / "l" / "mixed.ndjson", good + list(BAD_LINES))
@@ -198,6 +226,27 @@ def test_fast_path_gives_what_the_python_parser_gives_on_demo_lines(conn, demo_l
         for number, raw in enumerate(data.split(b"\n")[:-1], start=1):
             assert loaded.get(number, []) == _parser_rows(raw.removesuffix(b"\r")), (
                 result.path, number)
+
+
+def test_fast_path_matches_the_parser_on_odd_envelope_bodies(conn, tmp_path):
+    """The fast path reads an envelope's object body in the line's own parse: every other
+    kind of body (null, array, number, a string holding JSON or not) must still end as the
+    parser says, and a bare event that merely has a `body` field is not an envelope."""
+    pixel = json.loads(_pixel("p-1", "2026-12-02T10:00:00Z"))
+    envelope = {"received_at": "2026-12-02T10:00:01Z", "ip": "203.0.113.9"}
+    bodies = [pixel, None, [pixel], 7, "not json", orjson.dumps(pixel).decode(),
+              orjson.dumps([pixel]).decode(), '"{}"', {}, {"body": pixel},
+              dict(pixel, body={"x": 1}), {"name": "page_viewed"}]
+    lines = [orjson.dumps({**envelope, "body": body}) for body in bodies]
+    lines += [orjson.dumps(dict(pixel, body=pixel)), orjson.dumps({"body": pixel}),
+              orjson.dumps({"user_agent": "Mozilla/5.0", "body": pixel})]
+    _write(tmp_path / "l" / "odd.ndjson", lines)
+    (result,) = _sync(conn, tmp_path / "l")
+    assert result.lines_read == result.lines_accepted + result.lines_rejected == len(lines)
+    assert result.fast_lines >= 4
+    loaded = _loaded_rows(conn)
+    for number, raw in enumerate(lines, start=1):
+        assert loaded.get(number, []) == _parser_rows(raw), number
 
 
 @needs_shared

@@ -28,15 +28,19 @@ _ENVELOPE_FIELDS = ("received_at", "ip", "user_agent", "topic", "shop_domain", "
 
 def _structure(fields: tuple[str, ...], extra: dict[str, str]) -> str:
     parts = [f'"{name}":"VARCHAR"' for name in fields]
-    parts += [f'"{name}":"{kind}"' for name, kind in extra.items()]
+    parts += [f'"{name}":{kind if kind.startswith("{") else chr(34) + kind + chr(34)}'
+              for name, kind in extra.items()]
     return "{" + ",".join(parts) + "}"
 
 
+BODY_STRUCTURE = _structure(_SHAPE_FIELDS, {"line_items": "JSON", "batch": "JSON"})
+# The line's own fields, and an envelope's object body read in the same pass: json_transform
+# is lenient, so a body that is a string (or anything but an object) gives a struct of NULLs,
+# and the body's JSON text (json_extract) says which it was.
 LINE_STRUCTURE = _structure(
     tuple(dict.fromkeys(_SHAPE_FIELDS + _ENVELOPE_FIELDS)),
-    {"body": "JSON", "batch": "JSON", "line_items": "JSON"},
+    {"body": BODY_STRUCTURE, "batch": "JSON", "line_items": "JSON"},
 )
-BODY_STRUCTURE = _structure(_SHAPE_FIELDS, {"line_items": "JSON", "batch": "JSON"})
 
 _PLACEHOLDERS_SQL = ", ".join(
     f"'{text}'" for text in sorted(
@@ -100,14 +104,15 @@ CREATE OR REPLACE TEMP MACRO capi_in_window(t) AS (
 # $1: file_id, $2: source file name, $3: now, $4: allowed skew in microseconds.
 FAST_SQL = f"""
 WITH parsed AS (
-    SELECT line_no, text, json_transform(text, '{LINE_STRUCTURE}') AS v
+    SELECT line_no, text, json_transform(text, '{LINE_STRUCTURE}') AS v,
+           nullif(json_extract(text, '$.body')::VARCHAR, 'null') AS body_json
     FROM (SELECT line_no, decode(line, 'replace') AS text FROM chunk_lines
           WHERE fast_candidate)
     WHERE starts_with(text, '{{') AND json_valid(text)
 ),
 enveloped AS (
-    SELECT line_no, text, v,
-           v.body IS NOT NULL AND (v.received_at IS NOT NULL OR v.ip IS NOT NULL
+    SELECT line_no, text, v, body_json,
+           body_json IS NOT NULL AND (v.received_at IS NOT NULL OR v.ip IS NOT NULL
                OR v.user_agent IS NOT NULL OR v.topic IS NOT NULL OR v.shop_domain IS NOT NULL)
                AS is_envelope
     FROM parsed WHERE v IS NOT NULL
@@ -116,8 +121,8 @@ unwrapped AS (
     SELECT *,
         -- An envelope's body may be an object or a JSON string holding one.
         CASE WHEN NOT is_envelope THEN text
-             WHEN starts_with(v.body, '"') THEN v.body ->> '$'
-             ELSE v.body END AS body
+             WHEN starts_with(body_json, '"') THEN body_json ->> '$'
+             ELSE body_json END AS body
     FROM enveloped
 ),
 bodies AS (
@@ -131,7 +136,8 @@ bodies AS (
            CASE WHEN NOT is_envelope
                 THEN struct_pack({", ".join(f'"{n}" := v."{n}"' for n in _SHAPE_FIELDS)},
                                  line_items := v.line_items, batch := v.batch)
-                WHEN starts_with(body, '{{') AND json_valid(body)
+                WHEN starts_with(body_json, '{{') THEN v.body
+                WHEN starts_with(body_json, '"') AND starts_with(body, '{{') AND json_valid(body)
                 THEN json_transform(body, '{BODY_STRUCTURE}')
            END AS b
     FROM unwrapped

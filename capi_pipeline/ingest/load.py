@@ -394,21 +394,23 @@ def _load_lines(conn, landed: LandedFile, file_id: str, hasher, now: datetime,
 
 
 def _bad_utf8(block: bytes, offsets: np.ndarray) -> np.ndarray:
-    """Which lines of a block are not valid UTF-8 (those go to the Python parser)."""
+    """Which lines of a block are not valid UTF-8 (those go to the Python parser).
+
+    The block is decoded from the start; at each error the line holding it is marked and
+    decoding resumes at the next line. A line end is ASCII, so no sequence spans two lines
+    and a line is marked exactly when it would not decode on its own.
+    """
     bad = np.zeros(len(offsets) - 1, dtype=bool)
-    try:
-        block.decode("utf-8")
-        return bad
-    except UnicodeDecodeError:
-        pass
-    # Only lines with a byte above 0x7f can be invalid; check those one by one.
-    positions = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) >= 0x80)
     view = memoryview(block)
-    for index in np.unique(np.searchsorted(offsets, positions, side="right") - 1):
+    start = 0
+    while start < len(block):
         try:
-            str(view[offsets[index]:offsets[index + 1]], "utf-8")
-        except UnicodeDecodeError:
+            str(view[start:], "utf-8")
+            break
+        except UnicodeDecodeError as error:
+            index = int(np.searchsorted(offsets, start + error.start, side="right")) - 1
             bad[index] = True
+            start = int(offsets[index + 1])
     return bad
 
 

@@ -430,15 +430,26 @@ FIELDS = ("customer_id", "email", "phone", "first_name", "last_name", "city", "s
           "currency")
 
 FINAL_SQL = f"""
-WITH priced AS (
-    SELECT * EXCLUDE (items), capi_money_text(money_json) AS money_text,
-        row_number() OVER (ORDER BY received_at NULLS LAST, source_file, line_no, msg_index)
-            AS arrival,
+WITH arrivals AS (
+    -- The order of arrival and the first arrival of each event id, on the key columns only:
+    -- a window over the wide rows would sort every column with them.
+    SELECT source_file, line_no, msg_index, arrival,
+        CASE WHEN row_number() OVER (PARTITION BY event_id ORDER BY arrival) > 1
+             THEN event_id END AS repeat_of
+    FROM (SELECT source_file, line_no, msg_index, event_id,
+              row_number() OVER (ORDER BY received_at NULLS LAST, source_file, line_no,
+                                 msg_index) AS arrival
+          FROM _staging_pre)
+),
+priced AS (
+    SELECT p.* EXCLUDE (items), capi_money_text(money_json) AS money_text,
+        k.arrival, k.repeat_of,
         capi_money_own(money_json) AS money_own,
         list_transform(items, lambda i: {{'id': i.id, 'name': i.name,
             'price_text': capi_money_text(i.price_json), 'quantity': i.quantity,
             'brand': i.brand, 'category': i.category}}) AS item_texts
-    FROM _staging_pre
+    FROM _staging_pre p
+    JOIN arrivals k USING (source_file, line_no, msg_index)
 ),
 monied AS (
     SELECT *,
@@ -476,9 +487,7 @@ typed AS (
     LEFT JOIN _ip_map ri ON ri.raw = p.row_ip
 ),
 flagged AS (
-    SELECT t.*, coalesce(b.is_bot, false) OR coalesce(t.row_is_spider, false) AS is_bot,
-        CASE WHEN row_number() OVER (PARTITION BY t.event_id ORDER BY t.arrival) > 1
-             THEN t.event_id END AS repeat_of
+    SELECT t.*, coalesce(b.is_bot, false) OR coalesce(t.row_is_spider, false) AS is_bot
     FROM typed t
     LEFT JOIN _ua_map b ON b.raw = t.user_agent
 ),
