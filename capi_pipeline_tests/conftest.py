@@ -63,6 +63,22 @@ class Pipeline:
         return self.query(sql, *params)[0][0]
 
 
+def cli_environment(folder: Path, dagster_home: Path, base_url: str) -> dict[str, str]:
+    """The environment of a Dagster CLI, daemon or webserver process run by a test: the
+    pipeline's files under `folder`, the instance in `dagster_home`, sending to `base_url`."""
+    import os
+
+    return {
+        **os.environ,
+        "DAGSTER_HOME": str(dagster_home),
+        "CAPI_DUCKDB_PATH": str(folder / "warehouse.duckdb"),
+        "CAPI_LANDING_DIR": str(folder / "landing"),
+        "PINTEREST_API_BASE_URL": base_url,
+        "PINTEREST_AD_ACCOUNT_ID": AD_ACCOUNT,
+        "PINTEREST_ACCESS_TOKEN": TOKEN,
+    }
+
+
 @pytest.fixture(scope="session")
 def emulator():
     """One Pinterest emulator process on a free loopback port for the whole session.

@@ -28,7 +28,7 @@ import pytest
 from dagster import DagsterInstance, DagsterRunStatus
 
 from capi_pipeline.demo.generate import generate
-from capi_pipeline_tests.conftest import AD_ACCOUNT, TOKEN, Pipeline
+from capi_pipeline_tests.conftest import Pipeline, cli_environment
 
 DAYS = int(os.environ.get("CAPI_BACKFILL_DAYS") or 14)
 LOCATION = "capi_pipeline.definitions"
@@ -100,15 +100,7 @@ def backfill(tmp_path_factory, emulator):
     last = datetime.now(UTC).date() - timedelta(days=1)
     days = [str(last - timedelta(days=n)) for n in range(DAYS - 1, -1, -1)]
     generate(folder / "landing", last, days=DAYS, visitors_per_day=8, seed=5)
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": str(home),
-        "CAPI_DUCKDB_PATH": str(folder / "warehouse.duckdb"),
-        "CAPI_LANDING_DIR": str(folder / "landing"),
-        "PINTEREST_API_BASE_URL": emulator.base_url,
-        "PINTEREST_AD_ACCOUNT_ID": AD_ACCOUNT,
-        "PINTEREST_ACCESS_TOKEN": TOKEN,
-    }
+    env = cli_environment(folder, home, emulator.base_url)
     # The instance's storage is created once before the daemon, the webserver and the CLI
     # all open it.
     subprocess.run([str(BIN / "dagster"), "instance", "migrate"], env=env, cwd=ROOT,

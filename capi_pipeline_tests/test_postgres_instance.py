@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from capi_pipeline.demo.generate import generate
+from capi_pipeline_tests.conftest import cli_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -72,8 +73,6 @@ def postgres():
 
 @pytest.fixture(scope="module")
 def runs(postgres, tmp_path_factory, emulator):
-    from capi_pipeline_tests.conftest import AD_ACCOUNT, TOKEN
-
     folder = tmp_path_factory.mktemp("postgres_instance")
     home = folder / "dagster_home"
     home.mkdir()
@@ -87,15 +86,7 @@ def runs(postgres, tmp_path_factory, emulator):
     last = datetime.now(UTC).date() - timedelta(days=1)
     first = last - timedelta(days=1)
     generate(folder / "landing", last, days=2, visitors_per_day=8, seed=9)
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": str(home),
-        "CAPI_DUCKDB_PATH": str(folder / "warehouse.duckdb"),
-        "CAPI_LANDING_DIR": str(folder / "landing"),
-        "PINTEREST_API_BASE_URL": emulator.base_url,
-        "PINTEREST_AD_ACCOUNT_ID": AD_ACCOUNT,
-        "PINTEREST_ACCESS_TOKEN": TOKEN,
-    }
+    env = cli_environment(folder, home, emulator.base_url)
     result = subprocess.run(
         [str(BIN / "dagster"), "asset", "materialize", "-m", LOCATION,
          "--select", "key:raw/* or key:staging/*", "--partition-range", f"{first}...{last}"],
