@@ -39,13 +39,12 @@ def match_score_above_floor(
     monitoring: MonitoringSettings,
 ) -> AssetCheckResult:
     """Warns when a live destination's match score for the day is below the configured floor."""
-    return worst_day({day: _match_score_above_floor(context, duckdb, monitoring, day)
+    return worst_day({day: _match_score_above_floor(duckdb, monitoring, day)
                       for day in partition_days(context)})
 
 
 def _match_score_above_floor(
-    context: AssetCheckExecutionContext, duckdb: WarehouseResource,
-    monitoring: MonitoringSettings, day,
+    duckdb: WarehouseResource, monitoring: MonitoringSettings, day,
 ) -> AssetCheckResult:
     floor = monitoring.match_score_floor
     with duckdb.get_connection() as conn:
@@ -80,13 +79,12 @@ def pinterest_processed_what_was_sent(
     monitoring: MonitoringSettings,
 ) -> AssetCheckResult:
     """Fails when Pinterest processed less than 95% (configurable) of the events sent that day."""
-    return worst_day({day: _pinterest_processed_what_was_sent(context, duckdb, monitoring, day)
+    return worst_day({day: _pinterest_processed_what_was_sent(duckdb, monitoring, day)
                       for day in partition_days(context)})
 
 
 def _pinterest_processed_what_was_sent(
-    context: AssetCheckExecutionContext, duckdb: WarehouseResource,
-    monitoring: MonitoringSettings, day,
+    duckdb: WarehouseResource, monitoring: MonitoringSettings, day,
 ) -> AssetCheckResult:
     floor = monitoring.processed_share_floor
     with duckdb.get_connection() as conn:
@@ -127,13 +125,12 @@ def every_eligible_event_has_an_outcome(
 ) -> AssetCheckResult:
     """Fails when an eligible event of the day has no outcome (or only a skip) in the ledger
     of a destination its store is routed to."""
-    return worst_day({day: _every_eligible_event_has_an_outcome(context, duckdb, pinterest, day)
+    return worst_day({day: _every_eligible_event_has_an_outcome(duckdb, pinterest, day)
                       for day in partition_days(context)})
 
 
 def _every_eligible_event_has_an_outcome(
-    context: AssetCheckExecutionContext, duckdb: WarehouseResource,
-    pinterest: PinterestResource, day,
+    duckdb: WarehouseResource, pinterest: PinterestResource, day,
 ) -> AssetCheckResult:
     destinations = pinterest.destinations()
     missing: dict[str, int] = {}
@@ -179,13 +176,12 @@ def event_id_unique_per_destination_and_day(
 ) -> AssetCheckResult:
     """Fails when two of a day's events going to one destination share an event_id, which
     Pinterest would take for one event (it de-duplicates on event_id)."""
-    return worst_day({day: _event_id_unique_per_destination_and_day(context, duckdb, pinterest, day)
+    return worst_day({day: _event_id_unique_per_destination_and_day(duckdb, pinterest, day)
                       for day in partition_days(context)})
 
 
 def _event_id_unique_per_destination_and_day(
-    context: AssetCheckExecutionContext, duckdb: WarehouseResource,
-    pinterest: PinterestResource, day,
+    duckdb: WarehouseResource, pinterest: PinterestResource, day,
 ) -> AssetCheckResult:
     destinations = pinterest.destinations()
     duplicated: dict[str, int] = {}
@@ -227,12 +223,12 @@ def no_raw_personal_data_in_capi_and_monitoring(
 ) -> AssetCheckResult:
     """Fails when a text column of any table in the capi or monitoring schema holds an email
     address or a phone number in clear (the day's rows, for tables with partition_date)."""
-    return worst_day({day: _no_raw_personal_data_in_capi_and_monitoring(context, duckdb, day)
+    return worst_day({day: _no_raw_personal_data_in_capi_and_monitoring(duckdb, day)
                       for day in partition_days(context)})
 
 
 def _no_raw_personal_data_in_capi_and_monitoring(
-    context: AssetCheckExecutionContext, duckdb: WarehouseResource, day,
+    duckdb: WarehouseResource, day,
 ) -> AssetCheckResult:
     found: dict[str, int] = {}
     with duckdb.get_connection() as conn:
