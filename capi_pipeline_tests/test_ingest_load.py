@@ -144,32 +144,36 @@ BAD_LINES = {
 }
 
 
-def test_bad_utf8_marks_exactly_the_lines_that_do_not_decode_alone():
-    import numpy as np
-
-    from capi_pipeline.ingest.load import _bad_utf8
-
+def test_exactly_the_lines_that_do_not_decode_alone_are_rejected_as_bad_utf8(conn, tmp_path):
+    """DuckDB's decode picks the lines the Python parser gets; they must be exactly the lines
+    Python cannot decode (stray continuation bytes, truncated sequences, surrogates, overlong
+    forms), whatever sits on the lines around them, and either line end."""
     pieces = [b"plain", "caf\u00e9 \u2013 \U0001f600".encode(), b"\xff", b"\xc3", b"\xe2\x80",
-              b"\xed\xa0\x80", b"\xc0\xaf", b"\x80", b"{\"a\":1}", "\u00e9".encode()]
+              b"\xed\xa0\x80", b"\xc0\xaf", b"\x80", b"\xf4\x90\x80\x80",
+              "\u00e9".encode()]
     generator = random.Random(5)
-    for _ in range(200):
-        lines = [b"".join(generator.choices(pieces, k=generator.randint(0, 4)))
-                 for _ in range(generator.randint(1, 12))]
-        block = b"\n".join(lines) + generator.choice([b"\n", b""])
-        ends = [index + 1 for index, byte in enumerate(block) if byte == 10]
-        if not block.endswith(b"\n"):
-            ends.append(len(block))
-        offsets = np.array([0, *ends], dtype=np.int32)
-
-        def decodes(line: bytes) -> bool:
-            try:
-                line.decode("utf-8")
-                return True
-            except UnicodeDecodeError:
-                return False
-
-        expected = [not decodes(block[a:b]) for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
-        assert _bad_utf8(block, offsets).tolist() == expected, block
+    lines, expected = [], {}
+    for number in range(1, 401):
+        value = b"".join(generator.choices(pieces, k=generator.randint(0, 4)))
+        lines.append(b'{"id": "e-%d", "name": "page_viewed", "clientId": "c-%s", '
+                     b'"timestamp": "2026-12-01T10:00:00Z"}' % (number, value))
+        try:
+            value.decode("utf-8")
+            expected[number] = "event"
+        except UnicodeDecodeError:
+            expected[number] = "bad_utf8"
+    path = tmp_path / "l" / "mixed.ndjson"
+    path.parent.mkdir()
+    path.write_bytes(b"".join(line + generator.choice([b"\n", b"\r\n"]) for line in lines))
+    (result,) = _sync(conn, tmp_path / "l")
+    assert set(expected.values()) == {"event", "bad_utf8"}
+    outcome = dict(conn.execute("SELECT line_no, 'event' FROM raw.events").fetchall())
+    outcome.update(conn.execute("SELECT line_no, reason FROM raw.rejected_lines").fetchall())
+    assert outcome == expected
+    assert result.fast_lines == list(expected.values()).count("event")
+    # The line end is not part of what is kept.
+    bodies = [body for (body,) in conn.execute("SELECT body FROM raw.events").fetchall()]
+    assert all(body.endswith("}") for body in bodies)
 
 
 def test_each_kind_of_bad_line_is_rejected_with_its_reason_and_first_bytes(conn, tmp_path):

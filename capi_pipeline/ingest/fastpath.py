@@ -106,8 +106,7 @@ FAST_SQL = f"""
 WITH parsed AS (
     SELECT line_no, text, json_transform(text, '{LINE_STRUCTURE}') AS v,
            nullif(json_extract(text, '$.body')::VARCHAR, 'null') AS body_json
-    FROM (SELECT line_no, decode(line, 'replace') AS text FROM chunk_lines
-          WHERE fast_candidate)
+    FROM (SELECT line_no, try(decode(line)) AS text FROM chunk_lines WHERE fast_candidate)
     WHERE starts_with(text, '{{') AND json_valid(text)
 ),
 enveloped AS (
@@ -120,7 +119,11 @@ enveloped AS (
 unwrapped AS (
     SELECT *,
         -- An envelope's body may be an object or a JSON string holding one.
-        CASE WHEN NOT is_envelope THEN text
+        -- A line keeps its line end in `text`: a line feed, and a carriage return before it.
+        CASE WHEN NOT is_envelope THEN
+                  CASE WHEN ends_with(text, chr(13) || chr(10)) THEN text[:-3]
+                       WHEN ends_with(text, chr(10)) OR ends_with(text, chr(13)) THEN text[:-2]
+                       ELSE text END
              WHEN starts_with(body_json, '"') THEN body_json ->> '$'
              ELSE body_json END AS body
     FROM enveloped

@@ -11,6 +11,8 @@ error rolls back everything the file had added and is recorded as `unreadable`.
 
 import gzip
 import hashlib
+import queue
+import threading
 import time
 import zlib
 from collections import Counter
@@ -38,6 +40,7 @@ from capi_pipeline.ingest.parse import MAX_LINE_BYTES, Message, Rejected, parse_
 from capi_pipeline.ingest.snowplow import load_snowplow
 
 BLOCK_BYTES = 32 << 20
+SCAN_BATCH_ROWS = 2048
 
 RAW_SCHEMA = {
     "partition_date": pl.Date,
@@ -324,30 +327,14 @@ def _load_lines(conn, landed: LandedFile, file_id: str, hasher, now: datetime,
     skew_us = int(skew.total_seconds() * 1_000_000)
     line_no = 0
     undated: list[tuple[int, Rejected]] = []
-    for block in read_blocks(landed, hasher):
-        array = np.frombuffer(block, dtype=np.uint8)
-        newlines = np.flatnonzero(array == 10)
-        ends = newlines + 1
-        if not block.endswith(b"\n"):
-            ends = np.append(ends, len(block))
-        offsets = np.concatenate(([0], ends)).astype(np.int32)
-        count = len(ends)
-        # DuckDB gets the lines without their line ends: the block with every "\n" (and a
-        # "\r" just before one) taken out, and offsets moved back by what was taken.
-        crlf = (newlines > 0) & (array[np.maximum(newlines - 1, 0)] == 13)
-        per_line = np.minimum(np.arange(1, count + 1), len(newlines))
-        carriage = np.cumsum(crlf)
-        if len(carriage) < count:
-            carriage = np.append(carriage, carriage[-1] if len(carriage) else 0)
-        removed = np.concatenate(([0], per_line + carriage)).astype(np.int32)
-        kept = np.delete(array, np.concatenate((newlines, newlines[crlf] - 1)))
-        lines = pa.Array.from_buffers(
-            pa.binary(), count, [None, pa.py_buffer(offsets - removed), pa.py_buffer(kept)],
-        )
+    # The next block is read, hashed and split while DuckDB parses this one.
+    for block in _prefetched(_line_blocks(landed, hasher)):
+        count = len(block.offsets) - 1
         numbers = np.arange(line_no + 1, line_no + count + 1, dtype=np.int64)
-        candidate = (np.diff(offsets) <= MAX_LINE_BYTES + 2) & ~_bad_utf8(block, offsets)
-        chunk_lines = pa.table(  # noqa: F841 - read by name in FAST_SQL
-            {"line_no": numbers, "line": lines, "fast_candidate": candidate})
+        chunk_lines = pa.Table.from_batches(  # noqa: F841 - read by name in FAST_SQL
+            pa.table({"line_no": numbers, "line": block.lines,
+                      "fast_candidate": block.candidate})
+            .to_batches(max_chunksize=SCAN_BATCH_ROWS))
         conn.register("chunk_lines", chunk_lines)
         conn.execute(f"INSERT INTO raw.events BY NAME {FAST_SQL}",
                      [file_id, landed.name, now, skew_us])
@@ -365,17 +352,16 @@ def _load_lines(conn, landed: LandedFile, file_id: str, hasher, now: datetime,
             result.fast_lines += events
         taken = np.zeros(count, dtype=bool)
         taken[fast.column("line_no").to_numpy() - first] = True
-        slow = np.flatnonzero(~taken) + first
+        slow = np.flatnonzero(~taken)
         conn.unregister("chunk_lines")
         conn.unregister("fast_rows")
         accepted, rejected = [], []
-        for number in slow:
-            index = int(number) - line_no - 1
-            raw = block[offsets[index]:offsets[index + 1]]
+        for index in slow:
+            raw = block.data[block.offsets[index]:block.offsets[index + 1]]
             raw = raw[:-1] if raw.endswith(b"\n") else raw
             raw = raw[:-1] if raw.endswith(b"\r") else raw
-            _python_line(result, landed.name, file_id, int(number), raw, now, skew,
-                         accepted, rejected, undated)
+            _python_line(result, landed.name, file_id, first + int(index), bytes(raw), now,
+                         skew, accepted, rejected, undated)
         _insert_rows(conn, accepted, rejected)
         line_no += count
     result.lines_read = line_no
@@ -393,25 +379,77 @@ def _load_lines(conn, landed: LandedFile, file_id: str, hasher, now: datetime,
     return result
 
 
-def _bad_utf8(block: bytes, offsets: np.ndarray) -> np.ndarray:
-    """Which lines of a block are not valid UTF-8 (those go to the Python parser).
+@dataclass
+class _LineBlock:
+    """A block of a file split into lines, each with its line end still on."""
 
-    The block is decoded from the start; at each error the line holding it is marked and
-    decoding resumes at the next line. A line end is ASCII, so no sequence spans two lines
-    and a line is marked exactly when it would not decode on its own.
+    data: bytes
+    offsets: np.ndarray  # line i is data[offsets[i]:offsets[i + 1]]
+    lines: pa.Array  # the same lines as an Arrow binary array, without a copy
+    candidate: np.ndarray  # short enough for the SQL fast path
+
+
+def _line_blocks(landed: LandedFile, hasher) -> Iterator[_LineBlock]:
+    for data in read_blocks(landed, hasher):
+        array = np.frombuffer(data, dtype=np.uint8)
+        ends = np.flatnonzero(array == 10) + 1
+        if not data.endswith(b"\n"):
+            ends = np.append(ends, len(data))
+        offsets = np.concatenate(([0], ends)).astype(np.int32)
+        # The line ends stay in the values: JSON allows whitespace after a document, and the
+        # fast path takes them off the text it keeps. Lines that are not UTF-8 fail DuckDB's
+        # decode there and go to the Python parser, which rejects them with their reason.
+        lines = pa.Array.from_buffers(
+            pa.binary(), len(ends), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+        candidate = np.diff(offsets) <= MAX_LINE_BYTES + 2
+        yield _LineBlock(data, offsets, lines, candidate)
+
+
+_DONE = object()
+
+
+def _prefetched(blocks: Iterator[_LineBlock]) -> Iterator[_LineBlock]:
+    """The blocks of `blocks`, each made in a thread while the caller works on the one before.
+
+    An error making a block (an unreadable file) is raised here, in the caller's thread; a
+    caller that stops early stops the thread.
     """
-    bad = np.zeros(len(offsets) - 1, dtype=bool)
-    view = memoryview(block)
-    start = 0
-    while start < len(block):
+    handoff: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def produce() -> None:
         try:
-            str(view[start:], "utf-8")
-            break
-        except UnicodeDecodeError as error:
-            index = int(np.searchsorted(offsets, start + error.start, side="right")) - 1
-            bad[index] = True
-            start = int(offsets[index + 1])
-    return bad
+            for block in blocks:
+                while not stop.is_set():
+                    try:
+                        handoff.put((block, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            handoff.put((_DONE, None))
+        except BaseException as error:  # noqa: BLE001 - handed to the caller's thread
+            handoff.put((_DONE, error))
+
+    worker = threading.Thread(target=produce, name="ingest-blocks", daemon=True)
+    worker.start()
+    try:
+        while True:
+            block, error = handoff.get()
+            if error is not None:
+                raise error
+            if block is _DONE:
+                return
+            yield block
+    finally:
+        stop.set()
+        while worker.is_alive():
+            try:
+                handoff.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        worker.join()
 
 
 def _python_line(result: FileResult, name: str, file_id: str, number: int, raw: bytes,
