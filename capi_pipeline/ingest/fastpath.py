@@ -65,7 +65,8 @@ CREATE OR REPLACE TEMP MACRO capi_clean_slow(x) AS (
 -- Printable ASCII at both ends and a first letter no placeholder starts with (or longer than
 -- any placeholder): the text as it is, without the cost of trimming and comparing.
 CREATE OR REPLACE TEMP MACRO capi_clean(x) AS (
-    CASE WHEN strlen(x) > 0 AND ord(x[1]) BETWEEN 33 AND 126 AND ord(x[-1]) BETWEEN 33 AND 126
+    CASE WHEN x IS NULL THEN NULL
+         WHEN strlen(x) > 0 AND ord(x[1]) BETWEEN 33 AND 126 AND ord(x[-1]) BETWEEN 33 AND 126
               AND (strlen(x) > 15 OR x[1] NOT IN ('u', 'U', 'n', 'N', '-', '?', '(', '<', '#',
                                                   '['))
          THEN x ELSE capi_clean_slow(x) END);
