@@ -105,10 +105,15 @@ CREATE OR REPLACE TEMP MACRO capi_in_window(t) AS (
 # $1: file_id, $2: source file name, $3: now, $4: allowed skew in microseconds.
 FAST_SQL = f"""
 WITH parsed AS (
-    SELECT line_no, text, json_transform(text, '{LINE_STRUCTURE}') AS v,
-           nullif(json_extract(text, '$.body')::VARCHAR, 'null') AS body_json
-    FROM (SELECT line_no, try(decode(line)) AS text FROM chunk_lines WHERE fast_candidate)
-    WHERE starts_with(text, '{{') AND json_valid(text)
+    -- try(): a line that is not JSON gives a NULL parse (and goes to the Python parser) at
+    -- the cost of one parse, where json_valid first would be a second.
+    SELECT line_no, text, v,
+           CASE WHEN v IS NOT NULL
+                THEN nullif(json_extract(text, '$.body')::VARCHAR, 'null') END AS body_json
+    FROM (SELECT line_no, text, try(json_transform(text, '{LINE_STRUCTURE}')) AS v
+          FROM (SELECT line_no, try(decode(line)) AS text FROM chunk_lines
+                WHERE fast_candidate)
+          WHERE starts_with(text, '{{'))
 ),
 enveloped AS (
     SELECT line_no, text, v, body_json,
