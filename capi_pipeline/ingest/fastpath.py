@@ -160,8 +160,13 @@ shaped AS (
             AS is_segment,
         (b.line_items IS NOT NULL AND (b.order_number IS NOT NULL
             OR b.checkout_token IS NOT NULL OR b.financial_status IS NOT NULL)) AS is_webhook,
-        capi_time(raw_received_at) AS received_at
+        capi_epoch_number(raw_received_at) AS received_number
     FROM bodies WHERE b IS NOT NULL AND b.batch IS NULL
+),
+-- A time's number is a column of its own before capi_time_of reads it: a macro repeats its
+-- argument, and the number is read several times.
+received AS (
+    SELECT *, capi_time_of(raw_received_at, received_number) AS received_at FROM shaped
 ),
 typed AS (
     SELECT *,
@@ -172,7 +177,7 @@ typed AS (
                  WHEN capi_clean(b.cancelled_at) IS NOT NULL THEN 'orders/cancelled'
                  ELSE 'orders/create' END
         END AS webhook_topic
-    FROM shaped
+    FROM received
     WHERE is_pixel::INT + is_segment::INT + is_webhook::INT = 1
       AND (NOT is_envelope OR received_at IS NOT NULL)
 ),
@@ -185,14 +190,24 @@ raw_timed AS (
                 CASE WHEN webhook_topic = 'orders/cancelled' THEN nullif(b.cancelled_at, '') END,
                 nullif(b.processed_at, ''), nullif(b.created_at, ''), nullif(b.updated_at, ''))
         END AS raw_time,
-        CASE WHEN source_format = 'segment' THEN capi_time(b.receivedAt) END AS body_received,
-        CASE WHEN source_format = 'segment' THEN capi_time(b.sentAt) END AS segment_sent
+        CASE WHEN source_format = 'segment' THEN capi_epoch_number(b.receivedAt) END
+            AS body_received_number,
+        CASE WHEN source_format = 'segment' THEN capi_epoch_number(b.sentAt) END
+            AS segment_sent_number
     FROM typed
+),
+segment_clocks AS (
+    SELECT * EXCLUDE (body_received_number, segment_sent_number),
+        CASE WHEN source_format = 'segment'
+             THEN capi_time_of(b.receivedAt, body_received_number) END AS body_received,
+        CASE WHEN source_format = 'segment'
+             THEN capi_time_of(b.sentAt, segment_sent_number) END AS segment_sent
+    FROM raw_timed
 ),
 numbered AS (
     SELECT *, capi_epoch_number(raw_time) AS raw_number,
            coalesce(body_received, received_at) AS segment_received
-    FROM raw_timed
+    FROM segment_clocks
     WHERE (b.sentAt IS NULL OR segment_sent IS NOT NULL)
       AND (b.receivedAt IS NULL OR body_received IS NOT NULL)
 ),

@@ -112,10 +112,12 @@ CREATE OR REPLACE TEMP MACRO capi_money_text(j) AS (
          WHEN starts_with(j, '{{') THEN coalesce(j ->> '$.amount', j ->> '$.shop_money.amount')
          WHEN starts_with(j, '"') THEN j ->> '$'
          ELSE j::VARCHAR END);
-CREATE OR REPLACE TEMP MACRO capi_money_own(j) AS (
-    CASE WHEN starts_with(j, '{{') THEN capi_currency(coalesce(j ->> '$.currencyCode',
+-- The currency text a money object carries (checked with capi_currency by the caller: a
+-- macro repeats its argument, and this one reads JSON).
+CREATE OR REPLACE TEMP MACRO capi_money_own_text(j) AS (
+    CASE WHEN starts_with(j, '{{') THEN coalesce(j ->> '$.currencyCode',
         j ->> '$.currency_code', j ->> '$.currency', j ->> '$.shop_money.currencyCode',
-        j ->> '$.shop_money.currency_code')) END);
+        j ->> '$.shop_money.currency_code') END);
 CREATE OR REPLACE TEMP MACRO capi_bounded(a) AS (
     CASE WHEN a >= 0 AND a < 1000000000000 THEN a END);
 -- The amount of a money text as extract.money() reads it: plain numbers here, the rest
@@ -445,29 +447,38 @@ WITH arrivals AS (
           FROM _staging_pre)
 ),
 priced AS (
-    SELECT p.*, capi_money_text(money_json) AS money_text,
+    SELECT p.* EXCLUDE (items), capi_money_text(money_json) AS money_text,
         k.arrival, k.repeat_of,
-        capi_money_own(money_json) AS money_own
+        capi_money_own_text(money_json) AS money_own_text,
+        -- Two passes over the items: a macro repeats its argument, so the price's JSON is read
+        -- here once, and the next step reads the text.
+        list_transform(items, lambda i: {{'id': i.id, 'name': i.name,
+            'price_text': capi_money_text(i.price_json), 'quantity': i.quantity,
+            'brand': i.brand, 'category': i.category}}) AS item_texts
     FROM _staging_pre p
     JOIN arrivals k USING (source_file, line_no, msg_index)
+),
+owned AS (
+    SELECT * EXCLUDE (money_own_text), capi_currency(money_own_text) AS money_own FROM priced
 ),
 monied AS (
     SELECT *,
         CASE WHEN capi_clean(money_text) IS NOT NULL
                   AND NOT regexp_full_match(money_text, '\\d{{1,13}}(\\.\\d{{1,12}})?')
              THEN capi_py_money(money_text, coalesce(money_own, money_hint)) END AS money_py
-    FROM priced
+    FROM owned
 ),
 valued AS (
-    SELECT * REPLACE (list_transform(items, lambda i: {{'id': i.id, 'name': i.name,
-            'price': capi_amount_of_text(capi_money_text(i.price_json)),
-            'quantity': i.quantity, 'brand': i.brand, 'category': i.category}}) AS items),
+    SELECT * EXCLUDE (item_texts),
         CASE WHEN money_py IS NOT NULL
              THEN capi_bounded(try_cast(split_part(money_py, '|', 1) AS DECIMAL(18, 2)))
              WHEN capi_clean(money_text) IS NOT NULL
              THEN capi_bounded(try_cast(money_text AS DECIMAL(18, 2))) END AS value,
         CASE WHEN money_py IS NOT NULL THEN nullif(split_part(money_py, '|', 2), '')
-             ELSE coalesce(money_own, capi_currency(money_hint)) END AS currency
+             ELSE coalesce(money_own, capi_currency(money_hint)) END AS currency,
+        list_transform(item_texts, lambda i: {{'id': i.id, 'name': i.name,
+            'price': capi_amount_of_text(i.price_text), 'quantity': i.quantity,
+            'brand': i.brand, 'category': i.category}}) AS items
     FROM monied
 ),
 typed AS (
