@@ -139,3 +139,21 @@ def test_rerunning_a_day_gives_the_same_rows(tmp_path):
     second = build_staging(conn, day)
     assert first.num_rows > 100
     assert first.equals(second)
+
+
+def test_capi_clean_in_sql_agrees_with_the_python_clean():
+    """The SQL macro takes a shortcut for text that cannot be a placeholder or need trimming;
+    on every side of that shortcut it must give what `normalize.clean` gives."""
+    from capi_pipeline.enrich.normalize import PLACEHOLDERS, clean
+    from capi_pipeline.ingest.fastpath import MACROS
+
+    conn = duckdb.connect(":memory:")
+    conn.execute(MACROS)
+    values = ["", " ", "a", "ab", "é", "x\u00a0", "\ufeffabc", "ab\u200b", " x ", "\tx\n",
+              "unknown-but-long-value", "uk", "n", "Nil ", "[object Object]", "#N/A", "<null>",
+              "(null)", "--", "?", None]
+    values += [p for p in PLACEHOLDERS] + [p.upper() for p in PLACEHOLDERS]
+    values += [f" {p}\u200b" for p in PLACEHOLDERS]
+    got = [conn.execute("SELECT capi_clean(?::VARCHAR)", [v]).fetchall()[0][0] for v in values]
+    assert got == [clean(v) for v in values]
+    assert got[values.index("x\u00a0")] == "x" and got[values.index("uk")] == "uk"

@@ -48,6 +48,9 @@ _PLACEHOLDERS_SQL = ", ".join(
          "n/a", "#n/a", "unknown", "[object object]"}
     )
 )
+# What `normalize.clean` strips, as one SQL literal (the characters themselves): a chain of
+# chr() calls in every use made planning the staging queries take 0.3 s a day longer.
+_SPACES_SQL = "'" + " \t\n\x0b\x0c\r\xa0\ufeff\u200b\u200c\u200d\u2060" + "'"
 _SEGMENT_TYPES_SQL = ", ".join(f"'{kind}'" for kind in sorted(SEGMENT_TYPES))
 _ORDER_TOPICS_SQL = ", ".join(f"'{topic}'" for topic in sorted(ORDER_TOPICS))
 
@@ -55,20 +58,14 @@ _ORDER_TOPICS_SQL = ", ".join(f"'{topic}'" for topic in sorted(ORDER_TOPICS))
 # stripped, and NULL for the placeholders websites send for a missing value.
 MACROS = f"""
 CREATE OR REPLACE TEMP MACRO capi_clean_slow(x) AS (
-    CASE WHEN lower(trim(x, ' ' || chr(9) || chr(10) || chr(11) || chr(12) || chr(13)
-                          || chr(160) || chr(65279) || chr(8203) || chr(8204) || chr(8205)
-                          || chr(8288)))
-              IN ({_PLACEHOLDERS_SQL}) THEN NULL
-         ELSE trim(x, ' ' || chr(9) || chr(10) || chr(11) || chr(12) || chr(13) || chr(160)
-                      || chr(65279) || chr(8203) || chr(8204) || chr(8205) || chr(8288))
-    END);
+    CASE WHEN lower(trim(x, {_SPACES_SQL})) IN ({_PLACEHOLDERS_SQL}) THEN NULL
+         ELSE trim(x, {_SPACES_SQL}) END);
 -- Printable ASCII at both ends and a first letter no placeholder starts with (or longer than
 -- any placeholder): the text as it is, without the cost of trimming and comparing.
 CREATE OR REPLACE TEMP MACRO capi_clean(x) AS (
     CASE WHEN x IS NULL THEN NULL
-         WHEN strlen(x) > 0 AND ord(x[1]) BETWEEN 33 AND 126 AND ord(x[-1]) BETWEEN 33 AND 126
-              AND (strlen(x) > 15 OR x[1] NOT IN ('u', 'U', 'n', 'N', '-', '?', '(', '<', '#',
-                                                  '['))
+         WHEN ord(x[1]) BETWEEN 33 AND 126 AND ord(x[-1]) BETWEEN 33 AND 126
+              AND (strlen(x) > 15 OR NOT contains('uUnN-?(<#[', x[1]))
          THEN x ELSE capi_clean_slow(x) END);
 CREATE OR REPLACE TEMP MACRO capi_iso_time(x) AS (
     CASE WHEN length(x) BETWEEN 20 AND 32 AND x[5] = '-' AND x[11] IN ('T', ' ')
