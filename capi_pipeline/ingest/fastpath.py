@@ -104,8 +104,11 @@ FAST_SQL = f"""
 WITH parsed AS (
     -- try(): a line that is not JSON gives a NULL parse (and goes to the Python parser) at
     -- the cost of one parse, where json_valid first would be a second.
+    -- The body's text is read only where an envelope field says the line is an envelope.
     SELECT line_no, text, v,
-           CASE WHEN v IS NOT NULL
+           CASE WHEN v IS NOT NULL AND (v.received_at IS NOT NULL OR v.ip IS NOT NULL
+                    OR v.user_agent IS NOT NULL OR v.topic IS NOT NULL
+                    OR v.shop_domain IS NOT NULL)
                 THEN nullif(json_extract(text, '$.body')::VARCHAR, 'null') END AS body_json
     FROM (SELECT line_no, text, try(json_transform(text, '{LINE_STRUCTURE}')) AS v
           FROM (SELECT line_no, try(decode(line)) AS text FROM chunk_lines
