@@ -17,8 +17,19 @@ install: $(UV)
 demo: install
 	$(UV) run --frozen python -m capi_pipeline.demo.run
 
+# The two tests that drive the real Dagster CLI, daemon and webserver end to end (a 14-day
+# backfill, the demo) mostly wait on the processes they start; they run beside the rest of the
+# suite, so both cores are used. Their output follows the suite's; either failing fails `make test`.
+CLI_TESTS = capi_pipeline_tests/test_backfill.py capi_pipeline_tests/test_demo.py
+
 test: install
-	$(UV) run --frozen pytest -q
+	@mkdir -p .test-logs
+	@$(UV) run --frozen pytest -q -p no:cacheprovider $(CLI_TESTS) > .test-logs/cli-tests.log 2>&1 & \
+	cli=$$!; \
+	$(UV) run --frozen pytest -q $(addprefix --ignore=,$(CLI_TESTS)); suite=$$?; \
+	wait $$cli; cli_status=$$?; \
+	echo "--- end-to-end CLI tests ($(CLI_TESTS)):"; cat .test-logs/cli-tests.log; \
+	test $$suite -eq 0 && test $$cli_status -eq 0
 
 lint: install
 	$(UV) run --frozen ruff check capi_pipeline capi_pipeline_tests
