@@ -354,3 +354,48 @@ def test_an_identity_file_of_the_earlier_layout_is_replaced_and_rebuilt():
     stats = graph.run()
     assert stats["visitors"] == 1 and stats["full_recompute"] == 1
     assert graph.visitor("client:c1") == graph.visitor("email:a@example.com")
+
+
+def test_changed_components_in_integers_match_the_sql_over_every_identifier():
+    """A full run finds the changed components in numpy; the SQL it stands for must agree."""
+    import duckdb
+    import numpy as np
+    import pyarrow as pa
+
+    from capi_pipeline.identity.components import (
+        CHANGED_SQL,
+        COMPONENTS_SQL,
+        changed_nodes,
+    )
+    from capi_pipeline.identity.tables import temp_table
+    from capi_pipeline.lib.duck import ensure_schema
+
+    conn = duckdb.connect()
+    ensure_schema(conn)
+    # node: old visitor id, new component. Node 9 was deleted (a gap in the node ids).
+    rows = {
+        0: ("v_a", 0), 1: ("v_a", 0),             # unchanged
+        2: ("v_b", 1), 3: ("v_c", 1),             # merged
+        4: ("v_d", 2), 5: ("v_d", 3),             # split
+        6: ("v_e", 4), 14: ("v_e", 4), 15: ("v_e", 9),  # split
+        7: ("v_h", 11), 8: ("", 5), 16: ("", 5),  # unchanged; every new identifier in one
+        10: ("v_f", 6),                           # unchanged single
+        11: ("v_g", 7), 12: ("v_g", 7), 13: ("v_g", 8),  # split, one part unchanged-looking
+    }
+    conn.executemany(
+        "INSERT INTO identity.identifiers VALUES (?, 'client', ?, ?, 1, NULL, NULL, ?, NULL)",
+        [(f"client:{n}", str(n), old, n) for n, (old, _) in rows.items()],
+    )
+    labels = np.zeros(17, np.int64)
+    labels[9] = 10
+    for n, (_, component) in rows.items():
+        labels[n] = component
+    nodes = np.arange(len(labels), dtype=np.int64)
+    temp_table(conn, "component_labels", pa.table({"node_id": nodes, "component": labels}))
+    conn.execute(COMPONENTS_SQL)
+    conn.execute(CHANGED_SQL)
+    by_sql = sorted(row[0] for row in conn.execute(
+        "SELECT node_id FROM node_components SEMI JOIN changed_components USING (component)"
+    ).fetchall())
+    assert by_sql == [2, 3, 4, 5, 6, 8, 11, 12, 13, 14, 15, 16]
+    assert changed_nodes(conn, labels).tolist() == by_sql
