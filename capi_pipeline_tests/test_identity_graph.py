@@ -399,3 +399,43 @@ def test_changed_components_in_integers_match_the_sql_over_every_identifier():
     ).fetchall())
     assert by_sql == [2, 3, 4, 5, 6, 8, 11, 12, 13, 14, 15, 16]
     assert changed_nodes(conn, labels).tolist() == by_sql
+
+
+def test_a_re_staged_day_keeps_its_unchanged_events_and_ends_as_a_fresh_build_would():
+    graph = Graph()
+    graph.stage(0, hour=9, client_id="cx", email="x@example.com", click_id="clk1")
+    graph.stage(0, hour=9, client_id="cy", email="y@example.com", first_name="Ann")
+    graph.stage(0, hour=9, client_id="cz", email="z@example.com", first_name="Zoe")
+    kept = graph.stage(1, client_id="cx", event_type="checkout")
+    changed = graph.stage(1, client_id="cy", first_name="Ann")
+    removed = graph.stage(1, client_id="cz", first_name="Zara")
+    graph.run()
+    rowid = "SELECT rowid FROM identity.event_visitors WHERE event_key = ?"
+    kept_row = graph.rows(rowid, kept)
+
+    # Staging re-runs day 1: one event changed, one gone, two new ones for known visitors.
+    graph.conn.execute("UPDATE staging.events SET first_name = 'Bea' WHERE event_key = ?",
+                       [changed])
+    graph.conn.execute("DELETE FROM staging.events WHERE event_key = ?", [removed])
+    added = graph.stage(1, hour=14, client_id="cz", click_id="clk2")
+    later = graph.stage(1, hour=15, client_id="cx")
+    stats = graph.run()
+    assert (stats["days_read"], stats["full_recompute"]) == (1, 1)
+    assert graph.rows(rowid, kept) == kept_row
+
+    fresh = Graph()
+    fresh.conn.executemany("INSERT INTO staging.events VALUES (" + ", ".join(
+        "?" for _ in graph.rows("DESCRIBE staging.events")) + ")",
+        graph.rows("SELECT * FROM staging.events"))
+    fresh.run()
+    profiles = "SELECT * FROM identity.visitor_profiles ORDER BY visitor_id"
+    assert graph.rows(profiles) == fresh.rows(profiles)
+    events = ("SELECT event_key, visitor_id, attributed_click_id, attributed_click_at "
+              "FROM identity.event_visitors ORDER BY event_key")
+    assert graph.rows(events) == fresh.rows(events)
+
+    x, y, z = (graph.profile(graph.visitor(f"client:{c}")) for c in ("cx", "cy", "cz"))
+    assert (x["events"], y["first_name"], z["first_name"], z["events"]) == (3, "Bea", "Zoe", 2)
+    assert {key: click for key, _, click, _ in graph.rows(events)
+            if key in (kept, later, added, removed)} == {
+        kept: "clk1", later: "clk1", added: "clk2"}

@@ -7,7 +7,7 @@ import duckdb
 from capi_pipeline.identity.rules import KINDS, GraphRules
 
 
-def update_events(conn: duckdb.DuckDBPyConnection, new_hubs: list[int]) -> None:
+def update_events(conn: duckdb.DuckDBPyConnection, new_hubs: list[int], written: str) -> None:
     """Point each event at its visitor: the visitor of its most personal identifier that is
     not a hub, so a purchase made on a shop's kiosk goes to the buyer, not to the kiosk.
 
@@ -63,11 +63,10 @@ def update_events(conn: duckdb.DuckDBPyConnection, new_hubs: list[int]) -> None:
     """)
     # A visitor that only gained events on the days read keeps its history: its profile is
     # combined with those days' latest values instead of being rebuilt from all its events.
-    conn.execute("""
+    conn.execute(f"""
         CREATE OR REPLACE TEMP TABLE extended_visitors AS
         SELECT DISTINCT visitor_id FROM identity.event_visitors
-        WHERE partition_date IN (SELECT partition_date FROM run_days)
-          AND visitor_id NOT IN (SELECT visitor_id FROM affected_visitors)
+        WHERE {written} AND visitor_id NOT IN (SELECT visitor_id FROM affected_visitors)
     """)
 
 
@@ -135,7 +134,7 @@ ATTRIBUTION_SQL = """
 CREATE OR REPLACE TEMP TABLE run_attribution AS
 WITH events AS (
     SELECT event_key, visitor_id, event_time, click_id FROM identity.event_visitors
-    WHERE partition_date IN (SELECT partition_date FROM run_days)
+    WHERE {written}
     UNION
     SELECT event_key, visitor_id, event_time, click_id FROM identity.event_visitors
     WHERE visitor_id IN (SELECT visitor_id FROM attributed_visitors)
@@ -156,16 +155,18 @@ ASOF LEFT JOIN clicks c ON c.visitor_id = e.visitor_id AND e.event_time >= c.cli
 """
 
 
-def attribute_clicks(conn: duckdb.DuckDBPyConnection, rules: GraphRules) -> None:
-    """Attribute the days' events, and every event of a visitor whose identifiers changed or
-    who clicked on those days (a click may be carried to its later events)."""
+def attribute_clicks(conn: duckdb.DuckDBPyConnection, rules: GraphRules, written: str) -> None:
+    """Attribute the events written in this run, and every event of a visitor whose identifiers
+    or events changed or who clicked on those days (a click may be carried to its later
+    events); an event kept from an earlier run whose visitor is none of these keeps its own."""
     # Two plain selections rather than one OR of three lookups over every event row.
     conn.execute("""
         CREATE OR REPLACE TEMP TABLE attributed_visitors AS
         SELECT visitor_id FROM affected_visitors
         UNION SELECT visitor_id FROM day_profiles WHERE click_id IS NOT NULL
     """)
-    conn.execute(ATTRIBUTION_SQL, {"window_days": rules.attribution_window_days})
+    conn.execute(ATTRIBUTION_SQL.replace("{written}", written),
+                 {"window_days": rules.attribution_window_days})
     conn.execute("""
         UPDATE identity.event_visitors e
         SET attributed_click_id = a.attributed_click_id,
@@ -206,7 +207,7 @@ def _merged_profiles_sql() -> str:
     )
 
 
-def refresh_profiles(conn: duckdb.DuckDBPyConnection) -> None:
+def refresh_profiles(conn: duckdb.DuckDBPyConnection, written: str) -> None:
     """Rebuild the profiles of the visitors whose identifiers or events changed (on a full
     recompute too, so an unchanged visitor's profile is not rewritten), and extend those of
     visitors that only gained events."""
@@ -217,8 +218,7 @@ def refresh_profiles(conn: duckdb.DuckDBPyConnection) -> None:
     conn.execute("INSERT INTO identity.visitor_profiles BY NAME " + PROFILES_SQL.format(
         which="visitor_id IN (SELECT visitor_id FROM affected_visitors)"))
     conn.execute("CREATE OR REPLACE TEMP TABLE day_profiles AS " + PROFILES_SQL.format(
-        which="partition_date IN (SELECT partition_date FROM run_days) "
-              "AND visitor_id IN (SELECT visitor_id FROM extended_visitors)"))
+        which=written + " AND visitor_id IN (SELECT visitor_id FROM extended_visitors)"))
     # Replaced as whole rows rather than updated column by column: an UPDATE of every column
     # of rows spread over the table makes the commit rewrite the whole table's columns.
     conn.execute(_merged_profiles_sql())
