@@ -19,15 +19,16 @@ def update_events(conn: duckdb.DuckDBPyConnection, new_hubs: list[int], written:
         "SELECT node_id FROM identity.identifiers WHERE hub_reason IS NOT NULL").fetchall()]
     conn.execute("""
         CREATE OR REPLACE TEMP TABLE run_anchors AS
-        SELECT u.event_key,
+        SELECT u.row, any_value(u.visitor_id) AS visitor_id,
                arg_min(u.node_id, list_position($kinds, i.identifier_type)
                                   + CASE WHEN i.hub_reason IS NULL THEN 0 ELSE 100 END)
                    AS anchor_node_id
-        FROM (SELECT event_key, unnest(node_ids) AS node_id FROM identity.event_visitors
+        FROM (SELECT rowid AS row, visitor_id, unnest(node_ids) AS node_id
+              FROM identity.event_visitors
               WHERE (partition_date IN (SELECT partition_date FROM run_days)
                      AND list_has_any(node_ids, $hubs::BIGINT[])){older}) u
         JOIN identity.identifiers i USING (node_id)
-        GROUP BY u.event_key
+        GROUP BY u.row
     """.format(older=" OR list_has_any(node_ids, $changed::BIGINT[])" if new_hubs else ""),
         {"kinds": list(KINDS), "hubs": hubs, **({"changed": new_hubs} if new_hubs else {})})
     conn.execute("""
@@ -43,12 +44,13 @@ def update_events(conn: duckdb.DuckDBPyConnection, new_hubs: list[int], written:
         SELECT old_visitor_id AS visitor_id FROM node_changes
         UNION SELECT visitor_id FROM node_changes
         UNION SELECT visitor_id FROM dropped_visitors
-        UNION SELECT visitor_id FROM identity.event_visitors
-              WHERE event_key IN (SELECT event_key FROM run_anchors)
+        UNION SELECT visitor_id FROM run_anchors
     """)
+    # Rows are found again by row id (stable within the run's transaction), a join DuckDB
+    # narrows to the row groups holding them instead of matching every event key.
     conn.execute("""
         UPDATE identity.event_visitors e SET anchor_node_id = a.anchor_node_id
-        FROM run_anchors a WHERE e.event_key = a.event_key AND e.anchor_node_id <> a.anchor_node_id
+        FROM run_anchors a WHERE e.rowid = a.row AND e.anchor_node_id <> a.anchor_node_id
     """)
     conn.execute("""
         UPDATE identity.event_visitors e SET visitor_id = i.visitor_id
@@ -133,17 +135,17 @@ FROM latest l LEFT JOIN identifier_counts c USING (visitor_id)
 ATTRIBUTION_SQL = """
 CREATE OR REPLACE TEMP TABLE run_attribution AS
 WITH events AS (
-    SELECT event_key, visitor_id, event_time, click_id FROM identity.event_visitors
+    SELECT rowid AS row, visitor_id, event_time, click_id FROM identity.event_visitors
     WHERE {written}
     UNION
-    SELECT event_key, visitor_id, event_time, click_id FROM identity.event_visitors
+    SELECT rowid AS row, visitor_id, event_time, click_id FROM identity.event_visitors
     WHERE visitor_id IN (SELECT visitor_id FROM attributed_visitors)
 ),
 clicks AS (
     SELECT visitor_id, event_time AS click_time, click_id FROM identity.event_visitors
     WHERE click_id IS NOT NULL AND visitor_id IN (SELECT visitor_id FROM events)
 )
-SELECT e.event_key,
+SELECT e.row,
        CASE WHEN e.click_id IS NOT NULL THEN e.click_id
             WHEN e.event_time - c.click_time <= to_days($window_days) THEN c.click_id END
            AS attributed_click_id,
@@ -172,7 +174,7 @@ def attribute_clicks(conn: duckdb.DuckDBPyConnection, rules: GraphRules, written
         SET attributed_click_id = a.attributed_click_id,
             attributed_click_at = a.attributed_click_at
         FROM run_attribution a
-        WHERE e.event_key = a.event_key
+        WHERE e.rowid = a.row
           AND (e.attributed_click_id IS DISTINCT FROM a.attributed_click_id
                OR e.attributed_click_at IS DISTINCT FROM a.attributed_click_at)
     """)
