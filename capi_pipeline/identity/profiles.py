@@ -138,8 +138,9 @@ WITH events AS (
     SELECT rowid AS row, visitor_id, event_time, click_id FROM identity.event_visitors
     WHERE {written}
     UNION
-    SELECT rowid AS row, visitor_id, event_time, click_id FROM identity.event_visitors
-    WHERE visitor_id IN (SELECT visitor_id FROM attributed_visitors)
+    SELECT e.rowid AS row, e.visitor_id, e.event_time, e.click_id
+    FROM identity.event_visitors e JOIN attributed_visitors a USING (visitor_id)
+    WHERE a.since IS NULL OR e.event_time >= a.since
 ),
 clicks AS (
     SELECT visitor_id, event_time AS click_time, click_id FROM identity.event_visitors
@@ -158,14 +159,20 @@ ASOF LEFT JOIN clicks c ON c.visitor_id = e.visitor_id AND e.event_time >= c.cli
 
 
 def attribute_clicks(conn: duckdb.DuckDBPyConnection, rules: GraphRules, written: str) -> None:
-    """Attribute the events written in this run, and every event of a visitor whose identifiers
-    or events changed or who clicked on those days (a click may be carried to its later
-    events); an event kept from an earlier run whose visitor is none of these keeps its own."""
-    # Two plain selections rather than one OR of three lookups over every event row.
-    conn.execute("""
+    """Attribute the events written in this run, every event of a visitor whose identifiers
+    or events changed, and the events of a visitor who clicked in the rows written from the
+    first such click on (a click is carried to later events only); an event kept from an
+    earlier run whose visitor is none of these keeps its own."""
+    # Two plain selections rather than one OR of three lookups over every event row. `since`
+    # NULL: every event of the visitor.
+    conn.execute(f"""
         CREATE OR REPLACE TEMP TABLE attributed_visitors AS
-        SELECT visitor_id FROM affected_visitors
-        UNION SELECT visitor_id FROM day_profiles WHERE click_id IS NOT NULL
+        SELECT DISTINCT visitor_id, NULL::TIMESTAMPTZ AS since FROM affected_visitors
+        UNION ALL
+        SELECT visitor_id, min(event_time) FROM identity.event_visitors
+        WHERE {written} AND click_id IS NOT NULL
+          AND visitor_id IN (SELECT visitor_id FROM extended_visitors)
+        GROUP BY visitor_id
     """)
     conn.execute(ATTRIBUTION_SQL.replace("{written}", written),
                  {"window_days": rules.attribution_window_days})
