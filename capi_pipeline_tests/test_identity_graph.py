@@ -439,3 +439,41 @@ def test_a_re_staged_day_keeps_its_unchanged_events_and_ends_as_a_fresh_build_wo
     assert {key: click for key, _, click, _ in graph.rows(events)
             if key in (kept, later, added, removed)} == {
         kept: "clk1", later: "clk1", added: "clk2"}
+
+
+def test_hubs_counted_in_numpy_match_the_sql_over_every_edge():
+    """A full run judges hubs with bincounts; the SQL it stands for must give the same rows."""
+    import random
+
+    import duckdb
+
+    from capi_pipeline.identity.graph import HUBS_SQL, KINDS, all_hubs
+    from capi_pipeline.lib.duck import ensure_schema
+    from capi_pipeline_tests.identity_helpers import RULES
+
+    conn = duckdb.connect()
+    ensure_schema(conn)
+    chooser = random.Random(7)
+    kinds = {node: chooser.choice(KINDS) for node in range(200)}
+    # Crowded nodes of each rule (an email on 30 cookies, a cookie with 6 people, a cart with
+    # 9 partners, one short of each) among random ordinary ones.
+    kinds.update({0: "email", 1: "email", 2: "client", 3: "device", 4: "cart", 5: "checkout"})
+    clients = [n for n in range(10, 200) if kinds[n] in ("client", "device")]
+    people = [n for n in range(10, 200) if kinds[n] in ("customer", "email", "phone")]
+    pairs = {tuple(sorted(chooser.sample(range(10, 200), 2))) for _ in range(300)}
+    pairs |= {(0, n) for n in clients[:30]} | {(1, n) for n in clients[:25]}
+    pairs |= {(2, n) for n in people[:6]} | {(3, n) for n in people[:4]}
+    pairs |= {(4, n) for n in (clients[:5] + people[:4])} | {(5, n) for n in people[:8]}
+    conn.executemany(
+        "INSERT INTO identity.edges VALUES (?, ?, 1, NULL, NULL, ?, ?, ?, ?, DATE '2026-11-01', "
+        "NULL)",
+        [(f"{kinds[a]}:{a}", f"{kinds[b]}:{b}", a, b, kinds[a], kinds[b]) for a, b in pairs],
+    )
+    limits = {"max_clients": RULES.hub_max_clients, "max_people": RULES.hub_max_people_per_client}
+    conn.execute(HUBS_SQL.format(candidates_a="TRUE", candidates_b="TRUE"), limits)
+    by_sql = sorted(conn.execute("SELECT node_id, reason FROM run_hubs").fetchall())
+    all_hubs(conn, RULES)
+    by_numpy = sorted(conn.execute("SELECT node_id, reason FROM run_hubs").fetchall())
+    assert {0, 2, 4} <= {node for node, _ in by_sql}
+    assert not {1, 3, 5} & {node for node, _ in by_sql}
+    assert by_numpy == by_sql

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from datetime import date
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 
 from capi_pipeline.identity.components import assign_visitor_ids, guarded_components
@@ -530,6 +531,48 @@ SELECT node_id, reason FROM judged WHERE reason IS NOT NULL
 """
 
 
+def all_hubs(conn: duckdb.DuckDBPyConnection, rules: GraphRules) -> None:
+    """HUBS_SQL over every edge, counted in numpy: `run_hubs` with the same rows and reasons.
+
+    A full run judges every identifier; a group by of both ends of every edge was most of its
+    hub time, bincounts over the edges' ends (kinds as their position in KINDS) are not.
+    """
+    edges = conn.execute(
+        "SELECT a_id, b_id, list_position($kinds, a_type) AS a_kind, "
+        "list_position($kinds, b_type) AS b_kind FROM identity.edges", {"kinds": list(KINDS)},
+    ).fetchnumpy()
+    ends = np.concatenate([np.asarray(edges["a_id"], np.int64),
+                           np.asarray(edges["b_id"], np.int64)])
+    own = np.concatenate([np.asarray(edges["a_kind"], np.int64),
+                          np.asarray(edges["b_kind"], np.int64)])
+    partner = own.reshape(2, -1)[::-1].reshape(-1)
+    code = {kind: KINDS.index(kind) + 1 for kind in KINDS}
+    nodes = int(ends.max()) + 1 if len(ends) else 0
+    browsers = np.bincount(ends[np.isin(partner, [code["client"], code["device"]])],
+                           minlength=nodes)
+    people = np.bincount(
+        ends[np.isin(partner, [code["customer"], code["email"], code["phone"]])],
+        minlength=nodes)
+    kind = np.zeros(nodes, np.int64)
+    kind[ends] = own
+    max_clients, max_people = rules.hub_max_clients, rules.hub_max_people_per_client
+    person = np.isin(kind, [code["customer"], code["email"], code["phone"]])
+    browser = np.isin(kind, [code["client"], code["device"]])
+    token = np.isin(kind, [code["checkout"], code["cart"]])
+    reasons: dict[int, str] = {}
+    for node in np.flatnonzero(person & (browsers > max_clients)).tolist():
+        reasons[node] = f"hub: on {browsers[node]} client ids, limit {max_clients}"
+    for node in np.flatnonzero(browser & (people > max_people)).tolist():
+        reasons[node] = f"hub: {people[node]} people on one client id, limit {max_people}"
+    for node in np.flatnonzero(token & (people + browsers > 2 * max_people)).tolist():
+        reasons[node] = (f"hub: {people[node] + browsers[node]} people on one "
+                         f"{KINDS[kind[node] - 1]} token, limit {2 * max_people}")
+    temp_table(conn, "run_hubs", pa.table({
+        "node_id": pa.array(list(reasons), pa.int64()),
+        "reason": pa.array(list(reasons.values()), pa.string()),
+    }))
+
+
 def _find_hubs(conn: duckdb.DuckDBPyConnection, rules: GraphRules, full: bool) -> list[int]:
     """Mark hubs; returns the identifiers that became hubs in this run.
 
@@ -537,7 +580,7 @@ def _find_hubs(conn: duckdb.DuckDBPyConnection, rules: GraphRules, full: bool) -
     identifiers on the new days' edges; a full run examines all and may also clear a mark.
     """
     if full:
-        sql = HUBS_SQL.format(candidates_a="TRUE", candidates_b="TRUE")
+        all_hubs(conn, rules)
     else:
         conn.execute("""
             CREATE OR REPLACE TEMP TABLE hub_candidates AS
@@ -545,8 +588,8 @@ def _find_hubs(conn: duckdb.DuckDBPyConnection, rules: GraphRules, full: bool) -
         """)
         sql = HUBS_SQL.format(candidates_a="a_id IN (SELECT node_id FROM hub_candidates)",
                               candidates_b="b_id IN (SELECT node_id FROM hub_candidates)")
-    conn.execute(sql, {"max_clients": rules.hub_max_clients,
-                       "max_people": rules.hub_max_people_per_client})
+        conn.execute(sql, {"max_clients": rules.hub_max_clients,
+                           "max_people": rules.hub_max_people_per_client})
     before = set()
     if full:
         before = {row[0] for row in conn.execute(
