@@ -17,10 +17,11 @@ included) is that step's alone. Every step is `build_identity`, the asset's code
   normalized, every event's row written); its result is the base of the incremental day;
 - incremental day: day 30 added to that graph (the pipeline's daily run); its result is the
   base of the full recompute;
-- full computation: what a re-run staged day costs: that day reread from staging, then
-  everything recomputed over the whole history from the per-day identity tables (identifier
-  and edge totals, hubs, components with the size guard, visitor ids and the id map, events'
-  visitors, profiles, click attribution, refused edges), committed;
+- full computation: what a re-run staged day costs (here with one more event): that day reread
+  from staging, then the graph recomputed over the whole history from the per-day identity
+  tables (identifier and edge totals, hubs, components with the size guard, visitor ids and
+  the id map, refused edges); the day's events that differ from the kept ones are rewritten
+  and their visitors' profiles and click attribution redone; committed;
 - scipy: `scipy.sparse.csgraph.connected_components` alone over the same kept edges, in the
   same process as the full computation, loaded from DuckDB the same way.
 """
@@ -260,7 +261,7 @@ def main() -> None:
         print(f"incremental day (day 30, {held:,} events):", flush=True)
         incremental = measure("incremental", base, work, args.runs, args.memory_limit,
                               keep=built)
-        print("full computation (day 30 re-run, everything recomputed over all history):",
+        print("full computation (day 30 re-run, the graph recomputed over all history):",
               flush=True)
         recompute = measure("recompute", built, work, args.runs, args.memory_limit)
 

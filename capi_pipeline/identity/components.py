@@ -10,6 +10,7 @@ from __future__ import annotations
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from scipy.sparse import csr_array
 from scipy.sparse.csgraph import connected_components
 
@@ -179,12 +180,40 @@ UNION SELECT node_id FROM identity.identifiers
 """
 
 
+def changed_nodes(conn: duckdb.DuckDBPyConnection, labels: np.ndarray) -> np.ndarray:
+    """The identifiers of the components that are not exactly the visitor they were.
+
+    The test of CHANGED_SQL, in integers over every identifier: a component is unchanged when
+    all its identifiers had one visitor id (not '') and that id had no other identifiers. Only
+    the changed components need ids decided; an old id met there has none of its identifiers
+    in an unchanged component, so the SQL that follows sees the same rows as over all nodes.
+    """
+    current = conn.sql("SELECT node_id, visitor_id FROM identity.identifiers").to_arrow_table()
+    node_id = np.asarray(current["node_id"].to_numpy(), np.int64)
+    if not len(node_id):
+        return node_id
+    encoded = pc.dictionary_encode(current["visitor_id"].combine_chunks())
+    codes = np.asarray(encoded.indices.to_numpy(), np.int64)
+    empty = encoded.dictionary.index("").as_py()  # -1 when every identifier has a visitor
+    component = labels[node_id]
+    count = int(component.max()) + 1
+    size = np.bincount(component, minlength=count)
+    low = np.full(count, len(encoded.dictionary), np.int64)
+    high = np.full(count, -1, np.int64)
+    np.minimum.at(low, component, codes)
+    np.maximum.at(high, component, codes)
+    per_id = np.bincount(codes, minlength=len(encoded.dictionary) + 1)
+    unchanged = (size > 0) & (low == high) & (low != empty) & (per_id[low] == size)
+    return np.sort(node_id[~unchanged[component]])
+
+
 def assign_visitor_ids(
     conn: duckdb.DuckDBPyConnection, labels: np.ndarray, full: bool, new_hubs: list[int]
 ) -> dict[str, int]:
     """Give every changed component its visitor id and record ids that stopped being used."""
-    nodes = np.arange(len(labels), dtype=np.int64)
-    if not full:
+    if full:
+        nodes = changed_nodes(conn, labels)
+    else:
         candidates = conn.execute(CANDIDATES_SQL, {"hubs": new_hubs}).fetchnumpy()["node_id"]
         touched = np.unique(labels[np.asarray(candidates, dtype=np.int64)])
         nodes = np.flatnonzero(np.isin(labels, touched))

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from datetime import date
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 
 from capi_pipeline.identity.components import assign_visitor_ids, guarded_components
@@ -63,6 +64,7 @@ class RunPlan:
     removed: list[date]
     full: bool
     records: list[tuple[date, int, int, int]]
+    rules_changed: bool = False
 
 
 def build_identity(conn: duckdb.DuckDBPyConnection, rules: GraphRules) -> dict[str, int]:
@@ -176,6 +178,7 @@ def plan_run(conn: duckdb.DuckDBPyConnection, rules: GraphRules) -> RunPlan:
         removed=removed,
         full=rules_changed or reread or bool(removed) or not seen,
         records=[(day, staged[day][0], int(content[day]), staged[day][1]) for day in rewritten],
+        rules_changed=rules_changed,
     )
 
 
@@ -188,7 +191,7 @@ def _apply(conn: duckdb.DuckDBPyConnection, rules: GraphRules, plan: RunPlan) ->
         return _stats(conn, plan, new_hubs=[], size_refused=0,
                       changes={"visitors_merged": 0, "visitors_split": 0})
     _extract(conn, rules)
-    _replace_days(conn)
+    written = _replace_days(conn, keep_unchanged=not plan.rules_changed)
     if plan.full:
         _rebuild_accumulated(conn)
     else:
@@ -196,9 +199,9 @@ def _apply(conn: duckdb.DuckDBPyConnection, rules: GraphRules, plan: RunPlan) ->
     new_hubs = _find_hubs(conn, rules, plan.full)
     labels, size_refused = guarded_components(conn, rules, plan.full)
     changes = assign_visitor_ids(conn, labels, plan.full, new_hubs)
-    update_events(conn, new_hubs)
-    refresh_profiles(conn)
-    attribute_clicks(conn, rules)
+    update_events(conn, new_hubs, written)
+    refresh_profiles(conn, written)
+    attribute_clicks(conn, rules, written)
     write_refused_edges(conn)
     return _stats(conn, plan, new_hubs, size_refused, changes)
 
@@ -311,17 +314,42 @@ def _sql_list(values) -> str:
     return "[" + ", ".join("'" + value.replace("'", "''") + "'" for value in values) + "]"
 
 
-def _replace_days(conn: duckdb.DuckDBPyConnection) -> None:
-    """The per-day tables of the days read (or removed) hold exactly those days' rows."""
-    # The visitors of the events replaced here get new profiles, whatever else changes.
-    conn.execute("""
-        CREATE OR REPLACE TEMP TABLE dropped_visitors AS
-        SELECT DISTINCT visitor_id FROM identity.event_visitors
-        WHERE partition_date IN (SELECT partition_date FROM run_days)
-    """)
-    for table in ("identifier_days", "edge_days", "event_visitors"):
-        conn.execute(f"DELETE FROM identity.{table} WHERE partition_date IN "
-                     "(SELECT partition_date FROM run_days)")
+# The new days' event rows, as identity.event_visitors keeps them (visitor and attribution to
+# be decided).
+EVENT_ROWS_SQL = """
+SELECT e.event_key, e.partition_date, '' AS visitor_id, e.event_time, n.node_ids,
+       n.first_node AS anchor_node_id, e.action_source, e.email, e.phone, e.first_name,
+       e.last_name, e.city, e.state, e.zip, e.country, e.customer_id, e.ip,
+       e.user_agent, e.click_id, e.gender, e.date_of_birth, e.advertising_id
+FROM run_events e
+JOIN (SELECT ev, list(node_id) AS node_ids, arg_min(node_id, rank) AS first_node
+      FROM run_node_ids GROUP BY ev) n USING (ev)
+"""
+
+# What an event row holds that comes from staging (its visitor, anchor and attribution are
+# derived later); identifiers compared as a set.
+EVENT_FACTS = """
+event_key, partition_date, event_time, list_sort(node_ids) AS node_ids, action_source, email,
+phone, first_name, last_name, city, state, zip, country, customer_id, ip, user_agent, click_id,
+gender, date_of_birth, advertising_id
+"""
+
+RUN_DAYS = "partition_date IN (SELECT partition_date FROM run_days)"
+WRITTEN = (RUN_DAYS + " AND (partition_date, event_key) IN "
+           "(SELECT partition_date, event_key FROM run_written)")
+
+
+def _replace_days(conn: duckdb.DuckDBPyConnection, keep_unchanged: bool) -> str:
+    """The per-day tables of the days read (or removed) hold exactly those days' rows.
+
+    Returns the SQL condition on `identity.event_visitors` that selects the event rows written
+    in this run. An event of a day read again that is the same as the one kept (same key, time,
+    identifiers and facts) keeps its row, visitor and attribution, so re-running staging for a
+    day with a few changed events rebuilds the profiles of those events' visitors only. Under
+    changed rules (other normalization) every row of the days read is written again.
+    """
+    for table in ("identifier_days", "edge_days"):
+        conn.execute(f"DELETE FROM identity.{table} WHERE {RUN_DAYS}")
     conn.execute("""
         INSERT INTO identity.identifier_days
         SELECT partition_date, node_id, count(*), min(event_time), max(event_time)
@@ -335,16 +363,38 @@ def _replace_days(conn: duckdb.DuckDBPyConnection) -> None:
         JOIN run_node_ids b ON a.ev = b.ev AND a.node_id < b.node_id
         GROUP BY a.partition_date, a.node_id, b.node_id
     """)
-    conn.execute("""
-        INSERT INTO identity.event_visitors BY NAME
-        SELECT e.event_key, e.partition_date, '' AS visitor_id, e.event_time, n.node_ids,
-               n.first_node AS anchor_node_id, e.action_source, e.email, e.phone, e.first_name,
-               e.last_name, e.city, e.state, e.zip, e.country, e.customer_id, e.ip,
-               e.user_agent, e.click_id, e.gender, e.date_of_birth, e.advertising_id
-        FROM run_events e
-        JOIN (SELECT ev, list(node_id) AS node_ids, arg_min(node_id, rank) AS first_node
-              FROM run_node_ids GROUP BY ev) n USING (ev)
+    kept = conn.execute(
+        f"SELECT count(*) FROM identity.event_visitors WHERE {RUN_DAYS}").fetchall()[0][0]
+    if not kept or not keep_unchanged:
+        # The visitors of the events replaced here get new profiles, whatever else changes.
+        conn.execute(f"""
+            CREATE OR REPLACE TEMP TABLE dropped_visitors AS
+            SELECT DISTINCT visitor_id FROM identity.event_visitors WHERE {RUN_DAYS}
+        """)
+        conn.execute(f"DELETE FROM identity.event_visitors WHERE {RUN_DAYS}")
+        conn.execute("INSERT INTO identity.event_visitors BY NAME " + EVENT_ROWS_SQL)
+        return RUN_DAYS
+    conn.execute("CREATE OR REPLACE TEMP TABLE run_event_rows AS " + EVENT_ROWS_SQL)
+    # The events (day, key) that differ between the rows kept and the rows read, either way.
+    conn.execute(f"""
+        CREATE OR REPLACE TEMP TABLE run_written AS
+        SELECT DISTINCT partition_date, event_key FROM (
+            (SELECT {EVENT_FACTS} FROM identity.event_visitors WHERE {RUN_DAYS}
+             EXCEPT ALL SELECT {EVENT_FACTS} FROM run_event_rows)
+            UNION ALL
+            (SELECT {EVENT_FACTS} FROM run_event_rows
+             EXCEPT ALL SELECT {EVENT_FACTS} FROM identity.event_visitors WHERE {RUN_DAYS})
+        )
     """)
+    conn.execute(f"""
+        CREATE OR REPLACE TEMP TABLE dropped_visitors AS
+        SELECT DISTINCT visitor_id FROM identity.event_visitors WHERE {WRITTEN}
+    """)
+    conn.execute(f"DELETE FROM identity.event_visitors WHERE {WRITTEN}")
+    conn.execute("INSERT INTO identity.event_visitors BY NAME SELECT * FROM run_event_rows "
+                 "WHERE (partition_date, event_key) IN "
+                 "(SELECT partition_date, event_key FROM run_written)")
+    return WRITTEN
 
 
 # --- the accumulated graph --------------------------------------------------------------------
@@ -481,6 +531,48 @@ SELECT node_id, reason FROM judged WHERE reason IS NOT NULL
 """
 
 
+def all_hubs(conn: duckdb.DuckDBPyConnection, rules: GraphRules) -> None:
+    """HUBS_SQL over every edge, counted in numpy: `run_hubs` with the same rows and reasons.
+
+    A full run judges every identifier; a group by of both ends of every edge was most of its
+    hub time, bincounts over the edges' ends (kinds as their position in KINDS) are not.
+    """
+    edges = conn.execute(
+        "SELECT a_id, b_id, list_position($kinds, a_type) AS a_kind, "
+        "list_position($kinds, b_type) AS b_kind FROM identity.edges", {"kinds": list(KINDS)},
+    ).fetchnumpy()
+    ends = np.concatenate([np.asarray(edges["a_id"], np.int64),
+                           np.asarray(edges["b_id"], np.int64)])
+    own = np.concatenate([np.asarray(edges["a_kind"], np.int64),
+                          np.asarray(edges["b_kind"], np.int64)])
+    partner = own.reshape(2, -1)[::-1].reshape(-1)
+    code = {kind: KINDS.index(kind) + 1 for kind in KINDS}
+    nodes = int(ends.max()) + 1 if len(ends) else 0
+    browsers = np.bincount(ends[np.isin(partner, [code["client"], code["device"]])],
+                           minlength=nodes)
+    people = np.bincount(
+        ends[np.isin(partner, [code["customer"], code["email"], code["phone"]])],
+        minlength=nodes)
+    kind = np.zeros(nodes, np.int64)
+    kind[ends] = own
+    max_clients, max_people = rules.hub_max_clients, rules.hub_max_people_per_client
+    person = np.isin(kind, [code["customer"], code["email"], code["phone"]])
+    browser = np.isin(kind, [code["client"], code["device"]])
+    token = np.isin(kind, [code["checkout"], code["cart"]])
+    reasons: dict[int, str] = {}
+    for node in np.flatnonzero(person & (browsers > max_clients)).tolist():
+        reasons[node] = f"hub: on {browsers[node]} client ids, limit {max_clients}"
+    for node in np.flatnonzero(browser & (people > max_people)).tolist():
+        reasons[node] = f"hub: {people[node]} people on one client id, limit {max_people}"
+    for node in np.flatnonzero(token & (people + browsers > 2 * max_people)).tolist():
+        reasons[node] = (f"hub: {people[node] + browsers[node]} people on one "
+                         f"{KINDS[kind[node] - 1]} token, limit {2 * max_people}")
+    temp_table(conn, "run_hubs", pa.table({
+        "node_id": pa.array(list(reasons), pa.int64()),
+        "reason": pa.array(list(reasons.values()), pa.string()),
+    }))
+
+
 def _find_hubs(conn: duckdb.DuckDBPyConnection, rules: GraphRules, full: bool) -> list[int]:
     """Mark hubs; returns the identifiers that became hubs in this run.
 
@@ -488,7 +580,7 @@ def _find_hubs(conn: duckdb.DuckDBPyConnection, rules: GraphRules, full: bool) -
     identifiers on the new days' edges; a full run examines all and may also clear a mark.
     """
     if full:
-        sql = HUBS_SQL.format(candidates_a="TRUE", candidates_b="TRUE")
+        all_hubs(conn, rules)
     else:
         conn.execute("""
             CREATE OR REPLACE TEMP TABLE hub_candidates AS
@@ -496,8 +588,8 @@ def _find_hubs(conn: duckdb.DuckDBPyConnection, rules: GraphRules, full: bool) -
         """)
         sql = HUBS_SQL.format(candidates_a="a_id IN (SELECT node_id FROM hub_candidates)",
                               candidates_b="b_id IN (SELECT node_id FROM hub_candidates)")
-    conn.execute(sql, {"max_clients": rules.hub_max_clients,
-                       "max_people": rules.hub_max_people_per_client})
+        conn.execute(sql, {"max_clients": rules.hub_max_clients,
+                           "max_people": rules.hub_max_people_per_client})
     before = set()
     if full:
         before = {row[0] for row in conn.execute(

@@ -7,7 +7,7 @@ import duckdb
 from capi_pipeline.identity.rules import KINDS, GraphRules
 
 
-def update_events(conn: duckdb.DuckDBPyConnection, new_hubs: list[int]) -> None:
+def update_events(conn: duckdb.DuckDBPyConnection, new_hubs: list[int], written: str) -> None:
     """Point each event at its visitor: the visitor of its most personal identifier that is
     not a hub, so a purchase made on a shop's kiosk goes to the buyer, not to the kiosk.
 
@@ -19,15 +19,16 @@ def update_events(conn: duckdb.DuckDBPyConnection, new_hubs: list[int]) -> None:
         "SELECT node_id FROM identity.identifiers WHERE hub_reason IS NOT NULL").fetchall()]
     conn.execute("""
         CREATE OR REPLACE TEMP TABLE run_anchors AS
-        SELECT u.event_key,
+        SELECT u.row, any_value(u.visitor_id) AS visitor_id,
                arg_min(u.node_id, list_position($kinds, i.identifier_type)
                                   + CASE WHEN i.hub_reason IS NULL THEN 0 ELSE 100 END)
                    AS anchor_node_id
-        FROM (SELECT event_key, unnest(node_ids) AS node_id FROM identity.event_visitors
+        FROM (SELECT rowid AS row, visitor_id, unnest(node_ids) AS node_id
+              FROM identity.event_visitors
               WHERE (partition_date IN (SELECT partition_date FROM run_days)
                      AND list_has_any(node_ids, $hubs::BIGINT[])){older}) u
         JOIN identity.identifiers i USING (node_id)
-        GROUP BY u.event_key
+        GROUP BY u.row
     """.format(older=" OR list_has_any(node_ids, $changed::BIGINT[])" if new_hubs else ""),
         {"kinds": list(KINDS), "hubs": hubs, **({"changed": new_hubs} if new_hubs else {})})
     conn.execute("""
@@ -43,12 +44,13 @@ def update_events(conn: duckdb.DuckDBPyConnection, new_hubs: list[int]) -> None:
         SELECT old_visitor_id AS visitor_id FROM node_changes
         UNION SELECT visitor_id FROM node_changes
         UNION SELECT visitor_id FROM dropped_visitors
-        UNION SELECT visitor_id FROM identity.event_visitors
-              WHERE event_key IN (SELECT event_key FROM run_anchors)
+        UNION SELECT visitor_id FROM run_anchors
     """)
+    # Rows are found again by row id (stable within the run's transaction), a join DuckDB
+    # narrows to the row groups holding them instead of matching every event key.
     conn.execute("""
         UPDATE identity.event_visitors e SET anchor_node_id = a.anchor_node_id
-        FROM run_anchors a WHERE e.event_key = a.event_key AND e.anchor_node_id <> a.anchor_node_id
+        FROM run_anchors a WHERE e.rowid = a.row AND e.anchor_node_id <> a.anchor_node_id
     """)
     conn.execute("""
         UPDATE identity.event_visitors e SET visitor_id = i.visitor_id
@@ -63,11 +65,10 @@ def update_events(conn: duckdb.DuckDBPyConnection, new_hubs: list[int]) -> None:
     """)
     # A visitor that only gained events on the days read keeps its history: its profile is
     # combined with those days' latest values instead of being rebuilt from all its events.
-    conn.execute("""
+    conn.execute(f"""
         CREATE OR REPLACE TEMP TABLE extended_visitors AS
         SELECT DISTINCT visitor_id FROM identity.event_visitors
-        WHERE partition_date IN (SELECT partition_date FROM run_days)
-          AND visitor_id NOT IN (SELECT visitor_id FROM affected_visitors)
+        WHERE {written} AND visitor_id NOT IN (SELECT visitor_id FROM affected_visitors)
     """)
 
 
@@ -134,17 +135,18 @@ FROM latest l LEFT JOIN identifier_counts c USING (visitor_id)
 ATTRIBUTION_SQL = """
 CREATE OR REPLACE TEMP TABLE run_attribution AS
 WITH events AS (
-    SELECT event_key, visitor_id, event_time, click_id FROM identity.event_visitors
-    WHERE partition_date IN (SELECT partition_date FROM run_days)
+    SELECT rowid AS row, visitor_id, event_time, click_id FROM identity.event_visitors
+    WHERE {written}
     UNION
-    SELECT event_key, visitor_id, event_time, click_id FROM identity.event_visitors
-    WHERE visitor_id IN (SELECT visitor_id FROM attributed_visitors)
+    SELECT e.rowid AS row, e.visitor_id, e.event_time, e.click_id
+    FROM identity.event_visitors e JOIN attributed_visitors a USING (visitor_id)
+    WHERE a.since IS NULL OR e.event_time >= a.since
 ),
 clicks AS (
     SELECT visitor_id, event_time AS click_time, click_id FROM identity.event_visitors
     WHERE click_id IS NOT NULL AND visitor_id IN (SELECT visitor_id FROM events)
 )
-SELECT e.event_key,
+SELECT e.row,
        CASE WHEN e.click_id IS NOT NULL THEN e.click_id
             WHEN e.event_time - c.click_time <= to_days($window_days) THEN c.click_id END
            AS attributed_click_id,
@@ -156,22 +158,30 @@ ASOF LEFT JOIN clicks c ON c.visitor_id = e.visitor_id AND e.event_time >= c.cli
 """
 
 
-def attribute_clicks(conn: duckdb.DuckDBPyConnection, rules: GraphRules) -> None:
-    """Attribute the days' events, and every event of a visitor whose identifiers changed or
-    who clicked on those days (a click may be carried to its later events)."""
-    # Two plain selections rather than one OR of three lookups over every event row.
-    conn.execute("""
+def attribute_clicks(conn: duckdb.DuckDBPyConnection, rules: GraphRules, written: str) -> None:
+    """Attribute the events written in this run, every event of a visitor whose identifiers
+    or events changed, and the events of a visitor who clicked in the rows written from the
+    first such click on (a click is carried to later events only); an event kept from an
+    earlier run whose visitor is none of these keeps its own."""
+    # Two plain selections rather than one OR of three lookups over every event row. `since`
+    # NULL: every event of the visitor.
+    conn.execute(f"""
         CREATE OR REPLACE TEMP TABLE attributed_visitors AS
-        SELECT visitor_id FROM affected_visitors
-        UNION SELECT visitor_id FROM day_profiles WHERE click_id IS NOT NULL
+        SELECT DISTINCT visitor_id, NULL::TIMESTAMPTZ AS since FROM affected_visitors
+        UNION ALL
+        SELECT visitor_id, min(event_time) FROM identity.event_visitors
+        WHERE {written} AND click_id IS NOT NULL
+          AND visitor_id IN (SELECT visitor_id FROM extended_visitors)
+        GROUP BY visitor_id
     """)
-    conn.execute(ATTRIBUTION_SQL, {"window_days": rules.attribution_window_days})
+    conn.execute(ATTRIBUTION_SQL.replace("{written}", written),
+                 {"window_days": rules.attribution_window_days})
     conn.execute("""
         UPDATE identity.event_visitors e
         SET attributed_click_id = a.attributed_click_id,
             attributed_click_at = a.attributed_click_at
         FROM run_attribution a
-        WHERE e.event_key = a.event_key
+        WHERE e.rowid = a.row
           AND (e.attributed_click_id IS DISTINCT FROM a.attributed_click_id
                OR e.attributed_click_at IS DISTINCT FROM a.attributed_click_at)
     """)
@@ -206,7 +216,7 @@ def _merged_profiles_sql() -> str:
     )
 
 
-def refresh_profiles(conn: duckdb.DuckDBPyConnection) -> None:
+def refresh_profiles(conn: duckdb.DuckDBPyConnection, written: str) -> None:
     """Rebuild the profiles of the visitors whose identifiers or events changed (on a full
     recompute too, so an unchanged visitor's profile is not rewritten), and extend those of
     visitors that only gained events."""
@@ -217,8 +227,7 @@ def refresh_profiles(conn: duckdb.DuckDBPyConnection) -> None:
     conn.execute("INSERT INTO identity.visitor_profiles BY NAME " + PROFILES_SQL.format(
         which="visitor_id IN (SELECT visitor_id FROM affected_visitors)"))
     conn.execute("CREATE OR REPLACE TEMP TABLE day_profiles AS " + PROFILES_SQL.format(
-        which="partition_date IN (SELECT partition_date FROM run_days) "
-              "AND visitor_id IN (SELECT visitor_id FROM extended_visitors)"))
+        which=written + " AND visitor_id IN (SELECT visitor_id FROM extended_visitors)"))
     # Replaced as whole rows rather than updated column by column: an UPDATE of every column
     # of rows spread over the table makes the commit rewrite the whole table's columns.
     conn.execute(_merged_profiles_sql())
