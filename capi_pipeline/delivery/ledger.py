@@ -65,17 +65,33 @@ WHERE ($day IS NULL OR e.partition_date = $day) AND e.eligible
   AND {selection} AND NOT {suppressed}
 """
 
+# Each candidate's latest outcome, as delivery.event_status has it, but with the window over the
+# candidates' own history only: the view numbers every row the ledger ever had, which grows by
+# a day's events every day. Filtering on the window's partition key first gives the same rows.
+LATEST_OF_CANDIDATES = """
+latest AS (
+    SELECT o.event_id, o.outcome, o.error_message
+    FROM delivery.event_outcomes o
+    WHERE o.destination = $destination AND o.event_id IN (SELECT event_id FROM candidates)
+    QUALIFY row_number() OVER (
+        PARTITION BY o.destination, o.event_id ORDER BY o.recorded_at DESC, o.attempts DESC
+    ) = 1
+)"""
+
 SKIPPED_ERASED_SQL = """
 INSERT INTO delivery.event_outcomes
-SELECT $destination, e.partition_date, e.event_id, 'skipped', 0, NULL, 'erased', NULL, now()
-FROM capi.pinterest_events e
-WHERE ($day IS NULL OR e.partition_date = $day) AND e.eligible
-  AND coalesce(e.store, '') IN (SELECT unnest($stores))
-  AND {suppressed}
-  AND NOT EXISTS (
-      SELECT 1 FROM delivery.event_status s
-      WHERE s.destination = $destination AND s.event_id = e.event_id
-        AND s.outcome = 'skipped' AND s.error_message = 'erased')
+WITH candidates AS (
+    SELECT e.partition_date, e.event_id
+    FROM capi.pinterest_events e
+    WHERE ($day IS NULL OR e.partition_date = $day) AND e.eligible
+      AND coalesce(e.store, '') IN (SELECT unnest($stores))
+      AND {suppressed}
+),""" + LATEST_OF_CANDIDATES + """
+SELECT $destination, c.partition_date, c.event_id, 'skipped', 0, NULL, 'erased', NULL, now()
+FROM candidates c
+WHERE NOT EXISTS (
+    SELECT 1 FROM latest s
+    WHERE s.event_id = c.event_id AND s.outcome = 'skipped' AND s.error_message = 'erased')
 """
 
 
@@ -88,14 +104,18 @@ def suppression_salt(conn) -> str | None:
 
 SKIPPED_SQL = """
 INSERT INTO delivery.event_outcomes
-SELECT $destination, e.partition_date, e.event_id, 'skipped', 0, NULL, e.skip_reason, NULL, now()
-FROM capi.pinterest_events e
-WHERE e.partition_date = $day AND NOT e.eligible
-  AND coalesce(e.store, '') IN (SELECT unnest($stores))
-  AND NOT EXISTS (
-      SELECT 1 FROM delivery.event_status s
-      WHERE s.destination = $destination AND s.event_id = e.event_id
-        AND s.outcome = 'skipped' AND s.error_message IS NOT DISTINCT FROM e.skip_reason)
+WITH candidates AS (
+    SELECT e.partition_date, e.event_id, e.skip_reason
+    FROM capi.pinterest_events e
+    WHERE e.partition_date = $day AND NOT e.eligible
+      AND coalesce(e.store, '') IN (SELECT unnest($stores))
+),""" + LATEST_OF_CANDIDATES + """
+SELECT $destination, c.partition_date, c.event_id, 'skipped', 0, NULL, c.skip_reason, NULL, now()
+FROM candidates c
+WHERE NOT EXISTS (
+    SELECT 1 FROM latest s
+    WHERE s.event_id = c.event_id AND s.outcome = 'skipped'
+      AND s.error_message IS NOT DISTINCT FROM c.skip_reason)
 """
 
 
