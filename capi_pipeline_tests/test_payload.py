@@ -276,6 +276,35 @@ def test_custom_data_types_currency_and_value_definition(warehouse):
     assert warehouse.payload("buy")["custom_data"]["value"] == "49"
 
 
+def test_carts_sharing_items_each_keep_their_own_order_and_ids(warehouse):
+    # The members of multi-item carts are written once per distinct item and joined back:
+    # each cart must still list its own items, in its order, with its repeated ids once.
+    mug = {"id": "7", "name": "Mug", "price": "19.50", "quantity": 1, "brand": None,
+           "category": "Kitchen"}
+    cup = {"id": "B-2", "name": "Cup", "price": "10.00", "quantity": 1, "brand": "Acme",
+           "category": "Table"}
+    cart = {"source_event_name": "checkout_completed", "event_type": "purchase",
+            "email": "c@example.com"}
+    warehouse.add(staged("x", items=[mug, cup], num_items=2, order_id="1", **cart),
+                  staged("y", items=[cup, mug, {**mug, "quantity": 3}], num_items=5,
+                         order_id="2", **cart),
+                  staged("z", items=[mug, {**mug, "name": "a@b.example.com"}], num_items=2,
+                         order_id="3", **cart))
+    warehouse.build()
+    mug_sent = {"id": "7", "item_price": "19.5", "quantity": 1, "item_name": "Mug",
+                "item_category": "Kitchen"}
+    cup_sent = {"id": "B-2", "item_price": "10", "quantity": 1, "item_name": "Cup",
+                "item_category": "Table", "item_brand": "Acme"}
+    custom = {key: warehouse.payload(key)["custom_data"] for key in "xyz"}
+    assert custom["x"]["contents"] == [mug_sent, cup_sent]
+    assert custom["x"]["content_ids"] == ["7", "B-2"] and "content_category" not in custom["x"]
+    assert custom["y"]["contents"] == [cup_sent, mug_sent, {**mug_sent, "quantity": 3}]
+    assert custom["y"]["content_ids"] == ["B-2", "7"]
+    assert custom["z"]["contents"] == [mug_sent, {k: v for k, v in mug_sent.items()
+                                                   if k != "item_name"}]
+    assert custom["z"]["content_ids"] == ["7"] and custom["z"]["content_category"] == "Kitchen"
+
+
 def test_events_sharing_an_item_or_a_page_each_carry_their_own(warehouse):
     # enrich works out each distinct single item and page once and joins it back: events
     # that share one, differ in one field, or have none must each get exactly their own.
