@@ -12,13 +12,13 @@ empty landing folder, and each day's files appear there (hard links into the cac
 before that day is materialized, the way a collector drops them before the nightly run: a
 day's ingest reads that day's files only. The emulator runs in its own process without
 keeping bodies. Every day is materialized in order, oldest first, the way the daily schedule
-runs them: every asset of `daily_pipeline_job` (all but the dbt marts, which are views and are
-built once at the end, as `marts_job` builds them), in one process, on one pair of DuckDB
-files. For each day it prints the seconds per stage (from Dagster's step events) and end to
-end; at the end the median and slowest day per stage and end to end, the last day (the only
-one whose events are all inside Pinterest's 7-day window, so the one that sends the most) and
-the peak RSS of this process, DuckDB included. The emulator's memory is its own and is not
-counted."""
+runs them: every asset and asset check of `daily_pipeline_job` (all but the dbt marts, which
+are views and are built once at the end, as `marts_job` builds them), in one process, on one
+pair of DuckDB files. For each day it prints the seconds per stage and for the checks (from
+Dagster's step events) and end to end; at the end the median and slowest day per step and end
+to end, the last day (the only one whose events are all inside Pinterest's 7-day window, so
+the one that sends the most) and the peak RSS of this process, DuckDB included. The
+emulator's memory is its own and is not counted."""
 
 from __future__ import annotations
 
@@ -147,7 +147,9 @@ def main() -> int:
     print(f"landing: {sum(lines.values()):,} lines for {args.days} days up to {last} "
           f"({visitors:,} visitors a day) in {source}, ready in "
           f"{time.perf_counter() - started:.0f} s", flush=True)
-    assets = list(definitions.defs.assets)
+    # The daily job runs the asset checks too (the blocking one on the payloads included).
+    assets = [*definitions.defs.assets, *definitions.defs.asset_checks]
+    check_steps = {check.node_def.name for check in definitions.defs.asset_checks}
     selection = AssetSelection.all() - AssetSelection.groups("marts")
     rows = []
     with EmulatorProcess(token=TOKEN, ad_account_ids=(ACCOUNT,), keep_bodies=False) as emulator:
@@ -170,10 +172,11 @@ def main() -> int:
             wall = time.perf_counter() - day_started
             steps = stage_seconds(instance, result.run_id)
             rows.append((day, wall, steps, result.success))
+            checks = sum(value for key, value in steps.items() if key in check_steps)
             print(f"{day}  {lines[day]:,} lines  {wall:6.1f} s  "
                   + "  ".join(f"{key.split('__')[-1][:14]}={value:.1f}"
-                              for key, value in steps.items()
-                              if not key.endswith(("_check", "_person", "_data", "_sent")))
+                              for key, value in steps.items() if key not in check_steps)
+                  + f"  checks={checks:.1f}"
                   + ("" if result.success else "  FAILED")
                   + f"  peak {peak_rss_mb():,.0f} MB", flush=True)
         total = time.perf_counter() - total_started
