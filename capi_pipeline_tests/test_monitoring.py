@@ -278,3 +278,19 @@ def test_day_status_and_top_error_are_the_views_latest_outcomes(tmp_path):
     assert status == view == [("dead_elsewhere", "delivered"), ("later_delivered", "delivered"),
                               ("more_attempts", "dead_letter"), ("still_dead", "dead_letter")]
     assert top == [("refused", 2)]
+
+
+def test_personal_text_prefilters_match_the_whole_patterns():
+    """The scan tries the email and E.164 patterns only on text holding @ or +; it must flag
+    exactly what the two whole patterns flag."""
+    texts = ["call +14155550100 now", "x+14155550100", "(415) 555-0100", "415.555.0100",
+             "a@b.example.com", "mail a%40b.com", "12345678901", "id 2024-12-0100", "plain",
+             "+1 415", None, "jane@x", "+441234567890", '{"em":["ab"],"ip":"1.2.3.4"}']
+    conn = duckdb.connect()
+    for text in texts:
+        whole = conn.execute("SELECT regexp_matches($t, $e) OR regexp_matches($t, $p)", {
+            "t": text, "e": checks.EMAIL_PATTERN, "p": checks.PHONE_PATTERN}).fetchall()
+        split = conn.execute(f"SELECT {checks._personal_text('$t')}", {
+            "t": text, "email": checks.EMAIL_PATTERN, "e164": checks.PHONE_E164,
+            "grouped": checks.PHONE_GROUPED}).fetchall()
+        assert whole == split, text
