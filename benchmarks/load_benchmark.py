@@ -1,16 +1,23 @@
 """The whole pipeline under load: N days of generated events, every stage, to the emulator.
 
     uv run python benchmarks/load_benchmark.py --days 30 --events-per-day 330000
+    uv run python benchmarks/load_benchmark.py --days 2 --events-per-day 50000   # a quick look
 
-The demo generator writes the landing folder (Shopify pixel events in the collector envelope,
+The demo generator writes the landing files (Shopify pixel events in the collector envelope,
 Segment calls and batches, order webhooks, with their bad lines, duplicates, bots and late
-arrivals); the emulator runs in its own process without keeping bodies. Then every day is
-materialized in order, oldest first, the way the daily schedule runs them: every asset of
-`daily_pipeline_job` (all but the dbt marts, which are views and are built once at the end, as
-`marts_job` builds them), in one process, on one pair of DuckDB files. For each day it prints
-the seconds per stage (from Dagster's step events) and end to end; at the end the median day,
-the slowest day, the last day (the only one whose events are all inside Pinterest's 7-day
-window, so the one that sends the most) and the peak RSS of this process, DuckDB included. The
+arrivals) once into a cache folder (`--cache`, default `capi-load-cache` in the temporary
+folder), keyed by the days, the size, the last day and the seed, so a second run with the
+same arguments on the same day reuses them. Every run starts from an empty warehouse and an
+empty landing folder, and each day's files appear there (hard links into the cache) just
+before that day is materialized, the way a collector drops them before the nightly run: a
+day's ingest reads that day's files only. The emulator runs in its own process without
+keeping bodies. Every day is materialized in order, oldest first, the way the daily schedule
+runs them: every asset and asset check of `daily_pipeline_job` (all but the dbt marts, which
+are views and are built once at the end, as `marts_job` builds them), in one process, on one
+pair of DuckDB files. For each day it prints the seconds per stage and for the checks (from
+Dagster's step events) and end to end; at the end the median and slowest day per step and end
+to end, the last day (the only one whose events are all inside Pinterest's 7-day window, so
+the one that sends the most) and the peak RSS of this process, DuckDB included. The
 emulator's memory is its own and is not counted."""
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 TOKEN = "load-benchmark-token"
@@ -34,14 +41,47 @@ ACCOUNT = "549755813599"
 LINES_PER_VISITOR_DAY = 6.5
 
 
-def landing_lines(folder: Path) -> int:
+def file_lines(files: list[Path]) -> int:
     count = 0
-    for file in folder.rglob("*"):
-        if file.is_file():
-            opener = gzip.open if file.suffix == ".gz" else open
-            with opener(file, "rb") as handle:
-                count += sum(1 for _ in handle)
+    for file in files:
+        opener = gzip.open if file.suffix == ".gz" else open
+        with opener(file, "rb") as handle:
+            count += sum(1 for _ in handle)
     return count
+
+
+def cached_landing(cache: Path, last: date, days: int, visitors: int, seed: int) -> Path:
+    """The generated landing files for these arguments, written once and then reused.
+
+    Written to a partial folder and renamed when complete, so an interrupted generation is
+    never taken for a finished one.
+    """
+    from capi_pipeline.demo.generate import generate
+
+    folder = cache / f"landing-{last}-{days}d-{visitors}v-seed{seed}"
+    if folder.is_dir():
+        return folder
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    generate(partial, last, days=days, visitors_per_day=visitors, seed=seed)
+    partial.rename(folder)
+    return folder
+
+
+def day_files(source: Path, day: date) -> list[Path]:
+    """A day's landing files: the generator writes them under `<kind>/<day>/`."""
+    return sorted(path for path in source.glob(f"*/{day.isoformat()}/*") if path.is_file())
+
+
+def land(files: list[Path], source: Path, landing: Path) -> None:
+    """Make files appear in the landing folder at their place, as hard links when possible."""
+    for file in files:
+        target = landing / file.relative_to(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(file, target)
+        except OSError:
+            shutil.copyfile(file, target)
 
 
 def peak_rss_mb() -> float:
@@ -69,32 +109,47 @@ def main() -> int:
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--events-per-day", type=int, default=330_000)
     parser.add_argument("--dir", type=Path, default=None,
-                        help="work folder (default: a temporary one, removed at the end)")
+                        help="work folder, emptied first (default: a temporary one, removed "
+                             "at the end)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument("--cache", type=Path,
+                        default=Path(tempfile.gettempdir()) / "capi-load-cache",
+                        help="where generated landing files are kept and reused")
+    parser.add_argument("--seed", type=int, default=23)
     args = parser.parse_args()
 
     from dagster import AssetSelection, DagsterInstance, materialize
 
     from capi_pipeline import definitions
-    from capi_pipeline.demo.generate import generate
     from capi_pipeline.pinterest.emulator import EmulatorProcess
     from capi_pipeline.resources import PinterestResource, PipelineSettings, WarehouseResource
 
     folder = args.dir or Path(tempfile.mkdtemp(prefix="capi-load-"))
     folder.mkdir(parents=True, exist_ok=True)
+    # Every run starts empty: a warehouse or landing folder left by an earlier run would make
+    # the days' runs find their files already ingested.
     landing = folder / "landing"
+    shutil.rmtree(landing, ignore_errors=True)
+    for leftover in folder.glob("warehouse.*"):
+        shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+    landing.mkdir()
     last = datetime.now(UTC).date() - timedelta(days=1)
     visitors = max(1, int(args.events_per_day / LINES_PER_VISITOR_DAY))
     started = time.perf_counter()
-    if not landing.exists():
-        generate(landing, last, days=args.days, visitors_per_day=visitors, seed=23)
-    lines = landing_lines(landing)
-    print(f"landing: {lines:,} lines for {args.days} days up to {last} "
-          f"({visitors:,} visitors a day), written in {time.perf_counter() - started:.0f} s",
-          flush=True)
-
+    source = cached_landing(args.cache, last, args.days, visitors, args.seed)
     days = [last - timedelta(days=back) for back in range(args.days - 1, -1, -1)]
-    assets = list(definitions.defs.assets)
+    files = {day: day_files(source, day) for day in days}
+    unplaced = {path for path in source.rglob("*") if path.is_file()} - {
+        path for paths in files.values() for path in paths}
+    if unplaced:
+        raise SystemExit(f"landing files outside the days' folders: {sorted(unplaced)[:5]}")
+    lines = {day: file_lines(paths) for day, paths in files.items()}
+    print(f"landing: {sum(lines.values()):,} lines for {args.days} days up to {last} "
+          f"({visitors:,} visitors a day) in {source}, ready in "
+          f"{time.perf_counter() - started:.0f} s", flush=True)
+    # The daily job runs the asset checks too (the blocking one on the payloads included).
+    assets = [*definitions.defs.assets, *definitions.defs.asset_checks]
+    check_steps = {check.node_def.name for check in definitions.defs.asset_checks}
     selection = AssetSelection.all() - AssetSelection.groups("marts")
     rows = []
     with EmulatorProcess(token=TOKEN, ad_account_ids=(ACCOUNT,), keep_bodies=False) as emulator:
@@ -109,16 +164,19 @@ def main() -> int:
         instance = DagsterInstance.ephemeral()
         total_started = time.perf_counter()
         for day in days:
+            # The collector drops the day's files just before the nightly run.
+            land(files[day], source, landing)
             day_started = time.perf_counter()
             result = materialize(assets, partition_key=str(day), resources=resources,
                                  selection=selection, instance=instance, raise_on_error=False)
             wall = time.perf_counter() - day_started
             steps = stage_seconds(instance, result.run_id)
             rows.append((day, wall, steps, result.success))
-            print(f"{day}  {wall:6.1f} s  "
+            checks = sum(value for key, value in steps.items() if key in check_steps)
+            print(f"{day}  {lines[day]:,} lines  {wall:6.1f} s  "
                   + "  ".join(f"{key.split('__')[-1][:14]}={value:.1f}"
-                              for key, value in steps.items()
-                              if not key.endswith(("_check", "_person", "_data", "_sent")))
+                              for key, value in steps.items() if key not in check_steps)
+                  + f"  checks={checks:.1f}"
                   + ("" if result.success else "  FAILED")
                   + f"  peak {peak_rss_mb():,.0f} MB", flush=True)
         total = time.perf_counter() - total_started
@@ -132,8 +190,8 @@ def main() -> int:
     slowest = max(rows, key=lambda row: row[1])
     print()
     print(f"days: {len(rows)}, failed: {sum(not ok for *_, ok in rows)}")
-    print(f"total: {total:.0f} s for {lines:,} landing lines "
-          f"({lines / total:,.0f} lines/s end to end)")
+    print(f"total: {total:.0f} s for {sum(lines.values()):,} landing lines "
+          f"({sum(lines.values()) / total:,.0f} lines/s end to end)")
     print(f"median day: {statistics.median(walls):.1f} s; slowest: {slowest[0]} "
           f"{slowest[1]:.1f} s; last day (all sent): {rows[-1][1]:.1f} s")
     stages = sorted({key for _, _, steps, _ in rows for key in steps})

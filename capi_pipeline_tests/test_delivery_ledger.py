@@ -252,3 +252,53 @@ def test_wrong_token_fails_the_run_naming_the_setting_and_marks_nothing(tmp_path
     assert pipeline.scalar(
         "SELECT count(*) FROM delivery.event_outcomes WHERE outcome <> 'skipped'") == 0
     assert pipeline.query("SELECT status_code, events FROM delivery.requests") == [(401, 3)]
+
+
+def test_skips_are_recorded_unless_the_latest_outcome_is_the_same_skip(tmp_path):
+    """record_skipped windows only the day's candidates' history; the rows must be the ones
+    the delivery.event_status view gives: a skip is written unless the event's latest outcome
+    for this destination is already that skip, with that reason."""
+    from capi_pipeline.delivery.destinations import Destination
+    from capi_pipeline.delivery.ledger import DeliveryPlan, record_skipped
+    from capi_pipeline.resources import WarehouseResource
+
+    warehouse = WarehouseResource(database=str(tmp_path / "warehouse.duckdb"))
+    ours = "pinterest:ours"
+    events = {"new": "bot", "same": "bot", "superseded": "bot", "other_reason": "no_consent",
+              "elsewhere": "bot", "eligible": None}
+    history = [  # (destination, event, outcome, reason, minutes after midnight)
+        (ours, "same", "skipped", "bot", 1),
+        (ours, "superseded", "skipped", "bot", 1), (ours, "superseded", "pending", None, 2),
+        (ours, "other_reason", "skipped", "bot", 1),
+        ("pinterest:theirs", "elsewhere", "skipped", "bot", 1),
+    ]
+    with warehouse.get_connection() as conn:
+        for event_id, reason in events.items():
+            conn.execute(
+                "INSERT INTO capi.pinterest_events (partition_date, event_id, event_name, "
+                "action_source, event_time, source_event_type, store, eligible, skip_reason, "
+                "has_em, has_ph, has_external_id, has_click_id, has_ip_ua, has_hashed_maids, "
+                "click_id_from_profile, payload) VALUES (?, ?, 'page_visit', 'web', 0, "
+                "'page_view', 'shop', ?, ?, false, false, false, false, true, false, false, "
+                "'{}')", [DAY, event_id, reason is None, reason])
+        for destination, event_id, outcome, reason, minute in history:
+            conn.execute("INSERT INTO delivery.event_outcomes VALUES (?, ?, ?, ?, 0, NULL, ?, "
+                         "NULL, ?)", [destination, DAY, event_id, outcome, reason,
+                                      EARLY + timedelta(minutes=minute)])
+    destination = Destination(name=ours, base_url="http://127.0.0.1:1", ad_account_id="1",
+                              token_env="UNUSED", stores=("*",))
+    plan = DeliveryPlan(destination=destination, stores=["shop"], day=DAY)
+
+    assert record_skipped(warehouse, plan) == 4
+    with warehouse.get_connection() as conn:
+        recorded = conn.execute(
+            "SELECT event_id, error_message FROM delivery.event_outcomes WHERE destination = ? "
+            "AND recorded_at > ? ORDER BY 1", [ours, EARLY + timedelta(hours=1)]).fetchall()
+        latest = conn.execute(
+            "SELECT event_id, outcome, error_message FROM delivery.event_status "
+            "WHERE destination = ? ORDER BY 1", [ours]).fetchall()
+    assert recorded == [("elsewhere", "bot"), ("new", "bot"), ("other_reason", "no_consent"),
+                        ("superseded", "bot")]
+    assert latest == [(event_id, "skipped", reason) for event_id, reason in sorted(events.items())
+                      if reason is not None]
+    assert record_skipped(warehouse, plan) == 0

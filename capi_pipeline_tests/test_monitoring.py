@@ -230,3 +230,67 @@ def test_checks_attach_to_the_assets_they_judge():
                                         checks.event_id_unique_per_destination_and_day)
             for key in check.check_keys} == {AssetKey(["delivery", "event_outcomes"]),
                                              AssetKey(["capi", "pinterest_events"])}
+
+
+def test_day_status_and_top_error_are_the_views_latest_outcomes(tmp_path):
+    """Monitoring reads each of the day's events' latest outcome from the events' own history
+    with an aggregate; the rows must be those of delivery.event_status, ties on time broken by
+    attempts, other destinations and days left out."""
+    from datetime import datetime, timedelta
+
+    from capi_pipeline.monitoring.assets import DAY_STATUS_SQL
+    from capi_pipeline.monitoring.checks import TOP_ERROR_SQL
+
+    warehouse = WarehouseResource(database=str(tmp_path / "warehouse.duckdb"))
+    day, other_day = data.DAY, data.DAY - timedelta(days=1)
+    at = datetime(day.year, day.month, day.day, 12)
+    ours, theirs = "pinterest:ours", "pinterest:theirs"
+    history = [  # destination, event, day, outcome, attempts, message, minutes
+        (ours, "later_delivered", day, "dead_letter", 1, "bad", 0),
+        (ours, "later_delivered", day, "delivered", 1, None, 5),
+        (ours, "more_attempts", day, "pending", 1, "slow", 5),
+        (ours, "more_attempts", day, "dead_letter", 2, "refused", 5),
+        (ours, "still_dead", day, "dead_letter", 1, "refused", 0),
+        (ours, "dead_elsewhere", day, "delivered", 1, None, 0),
+        (theirs, "dead_elsewhere", day, "dead_letter", 1, "bad", 9),
+        (ours, "yesterday", other_day, "dead_letter", 1, "refused", 0),
+    ]
+    with warehouse.get_connection() as conn:
+        for event_id, event_day in {(row[1], row[2]) for row in history}:
+            conn.execute(
+                "INSERT INTO capi.pinterest_events (partition_date, event_id, event_name, "
+                "action_source, event_time, source_event_type, store, eligible, has_em, "
+                "has_ph, has_external_id, has_click_id, has_ip_ua, has_hashed_maids, "
+                "click_id_from_profile, payload) VALUES (?, ?, 'checkout', 'web', 0, "
+                "'purchase', 'shop', true, true, false, false, false, false, false, false, "
+                "'{}')", [event_day, event_id])
+        for destination, event_id, event_day, outcome, attempts, message, minutes in history:
+            conn.execute("INSERT INTO delivery.event_outcomes VALUES (?, ?, ?, ?, ?, NULL, ?, "
+                         "NULL, ?)", [destination, event_day, event_id, outcome, attempts,
+                                      message, at + timedelta(minutes=minutes)])
+        params = {"day": day, "destination": ours}
+        status = sorted(conn.execute(DAY_STATUS_SQL, params).fetchall())
+        view = sorted(conn.execute(
+            "SELECT event_id, outcome FROM delivery.event_status WHERE destination = $destination "
+            "AND event_id IN (SELECT event_id FROM capi.pinterest_events "
+            "WHERE partition_date = $day)", params).fetchall())
+        top = conn.execute(TOP_ERROR_SQL, params).fetchall()
+    assert status == view == [("dead_elsewhere", "delivered"), ("later_delivered", "delivered"),
+                              ("more_attempts", "dead_letter"), ("still_dead", "dead_letter")]
+    assert top == [("refused", 2)]
+
+
+def test_personal_text_prefilters_match_the_whole_patterns():
+    """The scan tries the email and E.164 patterns only on text holding @ or +; it must flag
+    exactly what the two whole patterns flag."""
+    texts = ["call +14155550100 now", "x+14155550100", "(415) 555-0100", "415.555.0100",
+             "a@b.example.com", "mail a%40b.com", "12345678901", "id 2024-12-0100", "plain",
+             "+1 415", None, "jane@x", "+441234567890", '{"em":["ab"],"ip":"1.2.3.4"}']
+    conn = duckdb.connect()
+    for text in texts:
+        whole = conn.execute("SELECT regexp_matches($t, $e) OR regexp_matches($t, $p)", {
+            "t": text, "e": checks.EMAIL_PATTERN, "p": checks.PHONE_PATTERN}).fetchall()
+        split = conn.execute(f"SELECT {checks._personal_text('$t')}", {
+            "t": text, "email": checks.EMAIL_PATTERN, "e164": checks.PHONE_E164,
+            "grouped": checks.PHONE_GROUPED}).fetchall()
+        assert whole == split, text

@@ -276,6 +276,35 @@ def test_custom_data_types_currency_and_value_definition(warehouse):
     assert warehouse.payload("buy")["custom_data"]["value"] == "49"
 
 
+def test_carts_sharing_items_each_keep_their_own_order_and_ids(warehouse):
+    # The members of multi-item carts are written once per distinct item and joined back:
+    # each cart must still list its own items, in its order, with its repeated ids once.
+    mug = {"id": "7", "name": "Mug", "price": "19.50", "quantity": 1, "brand": None,
+           "category": "Kitchen"}
+    cup = {"id": "B-2", "name": "Cup", "price": "10.00", "quantity": 1, "brand": "Acme",
+           "category": "Table"}
+    cart = {"source_event_name": "checkout_completed", "event_type": "purchase",
+            "email": "c@example.com"}
+    warehouse.add(staged("x", items=[mug, cup], num_items=2, order_id="1", **cart),
+                  staged("y", items=[cup, mug, {**mug, "quantity": 3}], num_items=5,
+                         order_id="2", **cart),
+                  staged("z", items=[mug, {**mug, "name": "a@b.example.com"}], num_items=2,
+                         order_id="3", **cart))
+    warehouse.build()
+    mug_sent = {"id": "7", "item_price": "19.5", "quantity": 1, "item_name": "Mug",
+                "item_category": "Kitchen"}
+    cup_sent = {"id": "B-2", "item_price": "10", "quantity": 1, "item_name": "Cup",
+                "item_category": "Table", "item_brand": "Acme"}
+    custom = {key: warehouse.payload(key)["custom_data"] for key in "xyz"}
+    assert custom["x"]["contents"] == [mug_sent, cup_sent]
+    assert custom["x"]["content_ids"] == ["7", "B-2"] and "content_category" not in custom["x"]
+    assert custom["y"]["contents"] == [cup_sent, mug_sent, {**mug_sent, "quantity": 3}]
+    assert custom["y"]["content_ids"] == ["B-2", "7"]
+    assert custom["z"]["contents"] == [mug_sent, {k: v for k, v in mug_sent.items()
+                                                   if k != "item_name"}]
+    assert custom["z"]["content_ids"] == ["7"] and custom["z"]["content_category"] == "Kitchen"
+
+
 def test_events_sharing_an_item_or_a_page_each_carry_their_own(warehouse):
     # enrich works out each distinct single item and page once and joins it back: events
     # that share one, differ in one field, or have none must each get exactly their own.
@@ -390,6 +419,70 @@ def test_check_finds_anything_that_is_neither_a_hash_nor_a_field_sent_unhashed(w
     warehouse.conn.execute("INSERT INTO capi.audit VALUES ('mail jane@example.com')")
     assert personal_data_problems(warehouse.conn) == {
         "capi.audit.note: shaped like an email address": 1}
+
+
+def test_screened_check_counts_what_walking_every_payload_counts(warehouse):
+    # The check walks with json_tree only the payloads a Python screen cannot clear; the
+    # counts must be those of walking every payload, whatever the payload holds.
+    from capi_pipeline.enrich.assets import (
+        FREE_TEXT_PATHS,
+        HASHED_PATHS,
+        PAYLOAD_LEAKS_SQL,
+        UNHASHED_PATHS,
+        _certainly_clean,
+        payload_problems,
+    )
+
+    warehouse.add(staged("clean", email="c@example.com", source_event_name="checkout_completed",
+                         event_type="purchase", order_id="9", num_items=1, items=[
+                             {"id": "7", "name": "Café Cups (Set of 2)", "price": "19.50",
+                              "quantity": 1, "brand": 'Acme "Pro"', "category": "Kitchen"}]))
+    warehouse.build()
+    text = warehouse.conn.execute(
+        "SELECT payload::VARCHAR FROM capi.pinterest_events").fetchall()[0][0]
+    assert _certainly_clean(text.encode()), "a builder's payload should pass the screen"
+    base = json.loads(text)
+    digest = base["user_data"]["em"][0]
+    user, custom = base["user_data"], base["custom_data"]
+    item = custom["contents"][0]
+    planted = [
+        # A duplicate key: the first, refused, value is hidden from a dict but not from SQL.
+        text.replace('{"em":["', '{"em":["NOT-A-DIGEST"],"em":["', 1),
+        json.dumps({**base, "user_data": {**user, "em": [digest.upper()]}}),
+        json.dumps({**base, "user_data": {**user, "em": [None]}}),
+        json.dumps({**base, "user_data": {**user, "em": [[digest]]}}),
+        json.dumps({**base, "user_data": {**user, "ph": digest}}),
+        json.dumps({**base, "user_data.em": [digest]}),
+        json.dumps({**base, "event_id": "jane%40example.com"}),
+        json.dumps({**base, "custom_data": {**custom, "value": 19.5, "search_string": "٠١٢٣٤٥٦٧"}}),
+        json.dumps({**base, "custom_data": {**custom, "search_string": '12"34"567'}}),
+        json.dumps({**base, "custom_data": {**custom, "search_string": "tel 0207 946 0958"}}),
+        json.dumps({**base, "custom_data": {**custom, "contents": [
+            {**item, "item_name": 1234567}]}}),
+        json.dumps({**base, "custom_data": {**custom, "contents": [{**item, "colour": "red"}]}}),
+        json.dumps({**base, "custom_data": {**custom, "contents": [
+            {**item, "item_brand": "a\nb"}]}}),
+        json.dumps({**base, "custom_data": {**custom, "content_category": "x\u00011234567"}}),
+        json.dumps({**base, "custom_data": {**custom, "content_ids": [{"id": "7"}]}}),
+        json.dumps({**base, "opt_out": None, "partner_name": "ss-a@b.example.org"}),
+        json.dumps({**base, "user_data": {**user, "em": []}, "custom_data": {}}),
+    ]
+    for number, payload in enumerate(planted):
+        warehouse.conn.execute("DELETE FROM capi.pinterest_events")
+        warehouse.conn.execute(
+            "INSERT INTO capi.pinterest_events (partition_date, event_id, event_name, "
+            "action_source, event_time, source_event_type, eligible, has_em, has_ph, "
+            "has_external_id, has_click_id, has_ip_ua, has_hashed_maids, "
+            "click_id_from_profile, payload) VALUES (?, ?, 'page_visit', 'web', 1, "
+            "'page_view', true, true, false, false, false, false, false, false, ?)",
+            [DAY, f"planted-{number}", payload])
+        walked = {problem: int(n) for problem, n in warehouse.conn.execute(PAYLOAD_LEAKS_SQL, {
+            "hashed": HASHED_PATHS, "unhashed": UNHASHED_PATHS, "free_text": FREE_TEXT_PATHS,
+            "day": None}).fetchall()}
+        assert payload_problems(warehouse.conn) == walked, payload
+        assert payload_problems(warehouse.conn, DAY) == walked, payload
+        if walked:
+            assert not _certainly_clean(payload.encode()), payload
 
 
 def test_config_refuses_settings_pinterest_would_refuse():
