@@ -384,19 +384,24 @@ def test_every_request_body_passes_pinterests_schema(warehouse):
     assert checker.check([refused]) == ["data[0]: event_name 'purchase' is not a Pinterest event"]
 
 
+def _plant_payload(conn, event_id: str, payload: str) -> None:
+    """A row of capi.pinterest_events carrying the payload text given, as if enrich had built it."""
+    conn.execute(
+        "INSERT INTO capi.pinterest_events (partition_date, event_id, event_name, "
+        "action_source, event_time, source_event_type, eligible, has_em, has_ph, "
+        "has_external_id, has_click_id, has_ip_ua, has_hashed_maids, "
+        "click_id_from_profile, payload) VALUES (?, ?, 'page_visit', 'web', 1, "
+        "'page_view', true, true, false, false, false, false, false, false, ?)",
+        [DAY, event_id, payload])
+
+
 def test_check_finds_anything_that_is_neither_a_hash_nor_a_field_sent_unhashed(warehouse):
     warehouse.add(staged("clean", email="c@example.com"))
     warehouse.build()
     assert personal_data_problems(warehouse.conn) == {}
 
     def plant(event_id: str, payload: dict) -> None:
-        warehouse.conn.execute(
-            "INSERT INTO capi.pinterest_events (partition_date, event_id, event_name, "
-            "action_source, event_time, source_event_type, eligible, has_em, has_ph, "
-            "has_external_id, has_click_id, has_ip_ua, has_hashed_maids, "
-            "click_id_from_profile, payload) VALUES (?, ?, 'page_visit', 'web', 1, "
-            "'page_view', true, true, false, false, false, false, false, false, ?)",
-            [DAY, event_id, json.dumps(payload)])
+        _plant_payload(warehouse.conn, event_id, json.dumps(payload))
 
     base = warehouse.payload("clean")
     plant("raw-email", {**base, "user_data": {"em": ["jane@example.com"]}})
@@ -469,13 +474,7 @@ def test_screened_check_counts_what_walking_every_payload_counts(warehouse):
     ]
     for number, payload in enumerate(planted):
         warehouse.conn.execute("DELETE FROM capi.pinterest_events")
-        warehouse.conn.execute(
-            "INSERT INTO capi.pinterest_events (partition_date, event_id, event_name, "
-            "action_source, event_time, source_event_type, eligible, has_em, has_ph, "
-            "has_external_id, has_click_id, has_ip_ua, has_hashed_maids, "
-            "click_id_from_profile, payload) VALUES (?, ?, 'page_visit', 'web', 1, "
-            "'page_view', true, true, false, false, false, false, false, false, ?)",
-            [DAY, f"planted-{number}", payload])
+        _plant_payload(warehouse.conn, f"planted-{number}", payload)
         walked = {problem: int(n) for problem, n in warehouse.conn.execute(PAYLOAD_LEAKS_SQL, {
             "hashed": HASHED_PATHS, "unhashed": UNHASHED_PATHS, "free_text": FREE_TEXT_PATHS,
             "day": None}).fetchall()}
