@@ -72,6 +72,26 @@ def update_events(conn: duckdb.DuckDBPyConnection, new_hubs: list[int], written:
     """)
 
 
+def _latest_value(name: str) -> str:
+    """A profile field's latest non-empty value and when it was seen, over a visitor's events.
+
+    arg_max skips the rows whose time is NULL, which is cheaper than a FILTER on each aggregate.
+    """
+    seen = f"CASE WHEN {name} IS NOT NULL THEN event_time END"
+    return f"arg_max({name}, {seen}) AS {name},\n           max({seen}) AS {name}_seen_at"
+
+
+_LATEST_VALUES = ",\n".join(
+    "           " + _latest_value(name) for name in ("email", "phone", "first_name", "last_name")
+) + """,
+           max(CASE WHEN coalesce(first_name, last_name) IS NOT NULL THEN event_time END)
+               AS name_seen_at,
+""" + ",\n".join(
+    "           " + _latest_value(name)
+    for name in ("address", "customer_id", "web", "click_id", "gender", "date_of_birth",
+                 "advertising_id")
+)
+
 PROFILES_SQL = """
 WITH events AS (
     SELECT visitor_id, event_time, email, phone, first_name, last_name, customer_id, click_id,
@@ -88,39 +108,11 @@ identifier_counts AS (
     SELECT visitor_id, count(*) AS identifiers FROM identity.identifiers
     WHERE visitor_id IN (SELECT visitor_id FROM events) GROUP BY visitor_id
 ),
--- Each value is the one at its latest non-empty time: arg_max skips the rows whose time is
--- NULL, which is cheaper than a FILTER on each of the aggregates.
+-- Each value is the one at its latest non-empty time (_latest_value).
 latest AS (
     SELECT visitor_id, count(*) AS events, min(event_time) AS first_seen,
            max(event_time) AS last_seen,
-           arg_max(email, CASE WHEN email IS NOT NULL THEN event_time END) AS email,
-           max(CASE WHEN email IS NOT NULL THEN event_time END) AS email_seen_at,
-           arg_max(phone, CASE WHEN phone IS NOT NULL THEN event_time END) AS phone,
-           max(CASE WHEN phone IS NOT NULL THEN event_time END) AS phone_seen_at,
-           arg_max(first_name, CASE WHEN first_name IS NOT NULL THEN event_time END) AS first_name,
-           max(CASE WHEN first_name IS NOT NULL THEN event_time END) AS first_name_seen_at,
-           arg_max(last_name, CASE WHEN last_name IS NOT NULL THEN event_time END) AS last_name,
-           max(CASE WHEN last_name IS NOT NULL THEN event_time END) AS last_name_seen_at,
-           max(CASE WHEN coalesce(first_name, last_name) IS NOT NULL THEN event_time END)
-               AS name_seen_at,
-           arg_max(address, CASE WHEN address IS NOT NULL THEN event_time END) AS address,
-           max(CASE WHEN address IS NOT NULL THEN event_time END) AS address_seen_at,
-           arg_max(customer_id, CASE WHEN customer_id IS NOT NULL THEN event_time END)
-               AS customer_id,
-           max(CASE WHEN customer_id IS NOT NULL THEN event_time END) AS customer_id_seen_at,
-           arg_max(web, CASE WHEN web IS NOT NULL THEN event_time END) AS web,
-           max(CASE WHEN web IS NOT NULL THEN event_time END) AS web_seen_at,
-           arg_max(click_id, CASE WHEN click_id IS NOT NULL THEN event_time END) AS click_id,
-           max(CASE WHEN click_id IS NOT NULL THEN event_time END) AS click_id_seen_at,
-           arg_max(gender, CASE WHEN gender IS NOT NULL THEN event_time END) AS gender,
-           max(CASE WHEN gender IS NOT NULL THEN event_time END) AS gender_seen_at,
-           arg_max(date_of_birth, CASE WHEN date_of_birth IS NOT NULL THEN event_time END)
-               AS date_of_birth,
-           max(CASE WHEN date_of_birth IS NOT NULL THEN event_time END) AS date_of_birth_seen_at,
-           arg_max(advertising_id, CASE WHEN advertising_id IS NOT NULL THEN event_time END)
-               AS advertising_id,
-           max(CASE WHEN advertising_id IS NOT NULL THEN event_time END)
-               AS advertising_id_seen_at
+""" + _LATEST_VALUES + """
     FROM events GROUP BY visitor_id
 )
 SELECT l.* EXCLUDE (address, web), coalesce(c.identifiers, 0) AS identifiers,
