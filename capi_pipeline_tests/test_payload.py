@@ -459,7 +459,8 @@ def test_screened_check_counts_what_walking_every_payload_counts(warehouse):
         json.dumps({**base, "user_data": {**user, "ph": digest}}),
         json.dumps({**base, "user_data.em": [digest]}),
         json.dumps({**base, "event_id": "jane%40example.com"}),
-        json.dumps({**base, "custom_data": {**custom, "value": 19.5, "search_string": "٠١٢٣٤٥٦٧"}}),
+        json.dumps({**base, "custom_data": {**custom, "value": 19.5,
+                                            "search_string": "٠١٢٣٤٥٦٧"}}),
         json.dumps({**base, "custom_data": {**custom, "search_string": '12"34"567'}}),
         json.dumps({**base, "custom_data": {**custom, "search_string": "tel 0207 946 0958"}}),
         json.dumps({**base, "custom_data": {**custom, "contents": [
