@@ -94,7 +94,6 @@ CREATE OR REPLACE TEMP MACRO capi_time_of(x, n) AS (
     CASE WHEN n IS NULL THEN capi_iso_time(x)
          WHEN contains(x, '.') THEN try_cast(make_timestamp(n::BIGINT) AS TIMESTAMPTZ)
          ELSE try_cast(make_timestamp(capi_epoch_us(n)::BIGINT) AS TIMESTAMPTZ) END);
-CREATE OR REPLACE TEMP MACRO capi_time(x) AS (capi_time_of(x, capi_epoch_number(x)));
 CREATE OR REPLACE TEMP MACRO capi_in_window(t) AS (
     t >= TIMESTAMPTZ '1990-01-01 00:00:00+00' AND t < TIMESTAMPTZ '2101-01-01 00:00:00+00');
 """
