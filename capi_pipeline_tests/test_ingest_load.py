@@ -116,6 +116,24 @@ def test_truncated_gzip_is_recorded_unreadable_and_keeps_no_rows(conn, tmp_path)
     assert _counts(conn) == (2000, 0)
 
 
+@pytest.mark.parametrize("damage", ["deflate", "crc"])
+def test_a_corrupt_gzip_is_unreadable_and_keeps_no_rows(conn, tmp_path, damage):
+    """A compressed block the inflater cannot decode, or a wrong checksum at the end: the file
+    is recorded unreadable, whichever error the gzip reader raises for it."""
+    content = b"\n".join(_pixel(f"e-{i}", "2026-12-01T10:00:00Z") for i in range(2000)) + b"\n"
+    data = bytearray(gzip.compress(content))
+    if damage == "deflate":
+        data[10] = 0b111  # the first block's header (after gzip's 10 bytes): a reserved type
+    else:
+        data[-8] ^= 0xFF
+    path = tmp_path / "landing" / "2026-12-01" / "bad.ndjson.gz"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(bytes(data))
+    (result,) = _sync(conn, tmp_path / "landing")
+    assert result.status == "unreadable"
+    assert _counts(conn) == (0, 1)
+
+
 def test_blocks_split_only_at_line_ends(tmp_path, monkeypatch):
     from capi_pipeline.ingest import load
 
