@@ -7,6 +7,7 @@ import os
 import random
 import shutil
 import time
+from collections import Counter
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -269,6 +270,59 @@ def test_fast_path_matches_the_parser_on_odd_envelope_bodies(conn, tmp_path):
     loaded = _loaded_rows(conn)
     for number, raw in enumerate(lines, start=1):
         assert loaded.get(number, []) == _parser_rows(raw), number
+
+
+def _segment(message_id: str | None, timestamp, **extra) -> dict:
+    call = {"type": "track", "event": "Product Viewed", "anonymousId": "a-1",
+            "timestamp": timestamp, "properties": {"price": 1.50, "name": "caf\u00e9"}, **extra}
+    if message_id is not None:
+        call["messageId"] = message_id
+    return call
+
+
+def test_fast_path_matches_the_parser_on_segment_batches(conn, tmp_path):
+    """A batch is spread into its messages by SQL only when every message becomes an event;
+    the batch's own sentAt and receivedAt go to the messages that lack them, whatever they
+    hold (a string, a number, null). Each line must load as the Python parser alone says."""
+    t = "2026-12-02T10:00:00.000Z"
+    sent, received = "2026-12-02T10:00:05.000Z", "2026-12-02T10:00:06.000Z"
+    batches = [
+        {"batch": [_segment("m-1", t), _segment("m-2", t, sentAt=t)], "sentAt": sent},
+        {"batch": [_segment("m-3", t)], "sentAt": sent, "receivedAt": received},
+        {"receivedAt": received, "batch": [_segment("m-4", t, receivedAt=sent),
+                                           _segment(None, t)]},
+        {"batch": [_segment("m-5", t)], "sentAt": None},
+        {"batch": [_segment("m-6", 1764669600000)], "sentAt": 1764669605000},
+        {"batch": [_segment("m-7", t, sentAt=None)], "sentAt": sent},
+        {"batch": [_segment("m-8", t), {"type": "unknown"}], "sentAt": sent},
+        {"batch": [_segment("m-9", t), 7], "sentAt": sent},
+        {"batch": [_segment("m-10", t), {}]},
+        {"batch": [_segment("m-11", "2031-01-01T00:00:00Z")]},
+        {"batch": [_segment("m-12", t), _segment("m-13", t, sentAt="not a time")],
+         "sentAt": sent},
+        {"batch": []},
+        {"batch": {"not": "a list"}},
+        {"batch": [{"batch": [_segment("m-14", t)]}]},
+    ]
+    lines = [orjson.dumps(line) for line in batches]
+    lines.append(orjson.dumps({"received_at": received, "ip": "203.0.113.9",
+                               "body": batches[0]}))
+    lines.append(orjson.dumps({"received_at": received, "body": orjson.dumps(batches[1])
+                               .decode()}))
+    lines.append(json.dumps(batches[2], indent=1).replace("\n", " ").encode())
+    _write(tmp_path / "l" / "batches.ndjson", lines)
+    (result,) = _sync(conn, tmp_path / "l")
+    assert result.lines_read == result.lines_accepted + result.lines_rejected == len(lines)
+    # Lines 1-6 and the three wrapped or spaced copies are whole batches of events.
+    assert result.fast_lines == 9
+    loaded = _loaded_rows(conn)
+    for number, raw in enumerate(lines, start=1):
+        assert loaded.get(number, []) == _parser_rows(raw), number
+    expected = Counter(item.reason for raw in lines for item in parse_line(raw, NOW, SKEW)
+                       if not isinstance(item, Message))
+    assert result.reasons == expected
+    assert dict(conn.execute("SELECT reason, count(*) FROM raw.rejected_lines GROUP BY ALL")
+                .fetchall()) == dict(expected)
 
 
 @needs_shared

@@ -7,7 +7,7 @@ when it is one of the plain forms: ISO 8601 with `Z` or an offset and at most mi
 or an integer epoch in seconds, milliseconds, microseconds or nanoseconds (seconds may carry a
 fraction). Everything else goes to the Python parser (`parse.parse_line`) so that the odd
 lines keep exactly its rules and rejection reasons: bad UTF-8, invalid JSON, anything that is
-not an object, lines over 1 MB, envelopes with a string body, Segment batches, unknown or
+not an object, lines over 1 MB, Segment batches with a message it cannot take, unknown or
 ambiguous shapes, naive or odd times, missing times and clocks ahead of the limit.
 """
 
@@ -98,8 +98,65 @@ CREATE OR REPLACE TEMP MACRO capi_in_window(t) AS (
     t >= TIMESTAMPTZ '1990-01-01 00:00:00+00' AND t < TIMESTAMPTZ '2101-01-01 00:00:00+00');
 """
 
-# $1: file_id, $2: source file name, $3: now, $4: allowed skew in microseconds.
-FAST_SQL = f"""
+
+# Where a Segment `batch` is spread into its messages. A batch's own `sentAt` and `receivedAt`
+# belong to every message that lacks them (as `parse.parse_line` merges them); the line is
+# taken only if every message becomes an event (`n_messages` lets the caller check), so that a
+# batch with one odd message goes whole to the Python parser and keeps its rules.
+_BATCH_CTES = f"""
+batch_lines AS (
+    SELECT *, json_transform(body, '{{"sentAt":"JSON","receivedAt":"JSON","batch":["JSON"]}}')
+                  AS w,
+           json_keys(body) AS keys
+    FROM bodies WHERE b IS NOT NULL AND starts_with(b.batch, '[')
+),
+batch_messages AS (
+    SELECT line_no, is_envelope, raw_received_at, envelope_ip, envelope_user_agent,
+           envelope_store, topic,
+           CASE WHEN list_contains(keys, 'sentAt') THEN coalesce(w.sentAt, 'null') END
+               AS shared_sent,
+           CASE WHEN list_contains(keys, 'receivedAt') THEN coalesce(w.receivedAt, 'null') END
+               AS shared_received,
+           len(w.batch) AS n_messages,
+           unnest(w.batch) AS message, unnest(range(len(w.batch))) AS msg_index
+    FROM batch_lines WHERE len(w.batch) > 0
+),
+batch_keyed AS (
+    SELECT *, json_keys(message) AS keys FROM batch_messages WHERE starts_with(message, '{{')
+),
+batch_received AS (
+    SELECT * EXCLUDE (message),
+        CASE WHEN shared_received IS NULL OR list_contains(keys, 'receivedAt') THEN message
+             WHEN message = '{{}}' THEN '{{"receivedAt":' || shared_received || '}}'
+             ELSE '{{"receivedAt":' || shared_received || ',' || message[2:] END AS message
+    FROM batch_keyed
+),
+batch_bodies AS (
+    SELECT line_no, is_envelope, raw_received_at, envelope_ip, envelope_user_agent,
+           envelope_store, topic, msg_index, n_messages, merged AS body,
+           json_transform(merged, '{BODY_STRUCTURE}') AS b
+    FROM (SELECT *,
+              CASE WHEN shared_sent IS NULL OR list_contains(keys, 'sentAt') THEN message
+                   WHEN message = '{{}}' THEN '{{"sentAt":' || shared_sent || '}}'
+                   ELSE '{{"sentAt":' || shared_sent || ',' || message[2:] END AS merged
+          FROM batch_received)
+),
+"""
+_SINGLE_CTES = """
+single_bodies AS (SELECT *, 0 AS msg_index, 1 AS n_messages FROM bodies),
+"""
+
+
+def _fast_sql(batches: bool) -> str:
+    """The fast path's statement: for lines holding one message, or for Segment batch lines."""
+    ctes = _BATCH_CTES if batches else _SINGLE_CTES
+    source = "batch_bodies" if batches else "single_bodies"
+    extra = ",\n    n_messages" if batches else ""
+    return (_FAST_HEAD + ctes + _FAST_TAIL.replace("{source}", source)
+            .replace("{extra}", extra))
+
+
+_FAST_HEAD = f"""
 WITH parsed AS (
     -- try(): a line that is not JSON gives a NULL parse (and goes to the Python parser) at
     -- the cost of one parse, where json_valid first would be a second.
@@ -150,6 +207,8 @@ bodies AS (
            END AS b
     FROM unwrapped
 ),
+"""
+_FAST_TAIL = f"""
 shaped AS (
     SELECT *,
         (b.clientId IS NOT NULL AND b.name IS NOT NULL
@@ -160,7 +219,7 @@ shaped AS (
         (b.line_items IS NOT NULL AND (b.order_number IS NOT NULL
             OR b.checkout_token IS NOT NULL OR b.financial_status IS NOT NULL)) AS is_webhook,
         capi_epoch_number(raw_received_at) AS received_number
-    FROM bodies WHERE b IS NOT NULL AND b.batch IS NULL
+    FROM {{source}} WHERE b IS NOT NULL AND b.batch IS NULL
 ),
 -- A time's number is a column of its own before capi_time_of reads it: a macro repeats its
 -- argument, and the number is read several times.
@@ -229,7 +288,7 @@ SELECT
     CAST(event_time AS DATE) AS partition_date,
     $2 AS source_file,
     line_no::INTEGER AS line_no,
-    0 AS msg_index,
+    msg_index,
     source_format,
     topic,
     CASE source_format
@@ -250,9 +309,14 @@ SELECT
     envelope_store,
     time_flags,
     body,
-    $1 AS file_id
+    $1 AS file_id{{extra}}
 FROM final
 WHERE capi_in_window(event_time)
   AND (received_at IS NULL OR capi_in_window(received_at))
   AND event_time <= coalesce(received_at, $3::TIMESTAMPTZ) + to_microseconds($4::BIGINT)
 """
+
+# $1: file_id, $2: source file name, $3: now, $4: allowed skew in microseconds.
+FAST_SQL = _fast_sql(batches=False)
+# The same over lines that hold a Segment batch: one row per message, with `n_messages`.
+BATCH_SQL = _fast_sql(batches=True)

@@ -27,7 +27,7 @@ import polars as pl
 import pyarrow as pa
 from isal import igzip, isal_zlib
 
-from capi_pipeline.ingest.fastpath import FAST_SQL, MACROS
+from capi_pipeline.ingest.fastpath import BATCH_SQL, FAST_SQL, MACROS
 from capi_pipeline.ingest.landing import (
     GZIP_MAGIC,
     UTF8_BOM,
@@ -85,6 +85,7 @@ class FileResult:
     lines_rejected: int = 0
     events: int = 0
     fast_lines: int = 0
+    fast_events: int = 0
     reasons: Counter = field(default_factory=Counter)
     formats: Counter = field(default_factory=Counter)
     dates: Counter = field(default_factory=Counter)
@@ -343,26 +344,28 @@ def _load_lines(conn, landed: LandedFile, file_id: str, hasher, now: datetime,
                       "fast_candidate": block.candidate})
             .to_batches(max_chunksize=SCAN_BATCH_ROWS))
         conn.register("chunk_lines", chunk_lines)
+        params = [file_id, landed.name, now, skew_us]
         with _filters_in_place(conn):
-            conn.execute(f"INSERT INTO raw.events BY NAME {FAST_SQL}",
-                         [file_id, landed.name, now, skew_us])
+            conn.execute(f"INSERT INTO raw.events BY NAME {FAST_SQL}", params)
+        conn.unregister("chunk_lines")
         first, last = line_no + 1, line_no + count
+        taken = _taken(conn, file_id, first, last)
+        batches = [index for index in np.flatnonzero(~taken & block.candidate)
+                   if block.data.find(b'"batch', block.offsets[index],
+                                      block.offsets[index + 1]) >= 0]
+        if batches:
+            _load_batches(conn, block, np.array(batches), first, params)
+            taken = _taken(conn, file_id, first, last)
         fast = conn.sql(
-            "SELECT line_no, partition_date, source_format FROM raw.events "
-            "WHERE file_id = ? AND line_no BETWEEN ? AND ?", params=[file_id, first, last],
-        ).to_arrow_table()
-        conn.register("fast_rows", fast)
-        for day, source_format, events in conn.execute(
-            "SELECT partition_date, source_format, count(*) FROM fast_rows GROUP BY ALL"
-        ).fetchall():
+            "SELECT partition_date, source_format, count(*), count(DISTINCT line_no) "
+            "FROM raw.events WHERE file_id = ? AND line_no BETWEEN ? AND ? GROUP BY ALL",
+            params=[file_id, first, last]).fetchall()
+        for day, source_format, events, _ in fast:
             result.dates[day] += events
             result.formats[source_format] += events
-            result.fast_lines += events
-        taken = np.zeros(count, dtype=bool)
-        taken[fast.column("line_no").to_numpy() - first] = True
+            result.fast_events += events
+        result.fast_lines += int(taken.sum())
         slow = np.flatnonzero(~taken)
-        conn.unregister("chunk_lines")
-        conn.unregister("fast_rows")
         accepted, rejected = [], []
         for index in slow:
             raw = block.data[block.offsets[index]:block.offsets[index + 1]]
@@ -374,7 +377,7 @@ def _load_lines(conn, landed: LandedFile, file_id: str, hasher, now: datetime,
         line_no += count
     result.lines_read = line_no
     result.lines_accepted += result.fast_lines
-    result.events += result.fast_lines
+    result.events += result.fast_events
     # A line without a time belongs to the day most of its file's events fall on (the earliest
     # such day on a tie); the path's date or the file's modification day when nothing in the
     # file has a time.
@@ -385,6 +388,42 @@ def _load_lines(conn, landed: LandedFile, file_id: str, hasher, now: datetime,
         result.dates[home] += 1
     _insert_rows(conn, [], rows)
     return result
+
+
+def _taken(conn, file_id: str, first: int, last: int) -> np.ndarray:
+    """Which of a block's lines (numbered first..last) the fast path made events of."""
+    lines = conn.execute(
+        "SELECT DISTINCT line_no FROM raw.events WHERE file_id = ? AND line_no BETWEEN ? AND ?",
+        [file_id, first, last]).fetchnumpy()["line_no"]
+    taken = np.zeros(last - first + 1, dtype=bool)
+    taken[np.asarray(lines, dtype=np.int64) - first] = True
+    return taken
+
+
+def _load_batches(conn, block: "_LineBlock", indexes: np.ndarray, first: int,
+                  params: list) -> None:
+    """The fast path over a block's Segment batch lines: a line whose every message becomes
+    an event is inserted whole; any other is left to the Python parser."""
+    lines = [block.data[block.offsets[i]:block.offsets[i + 1]] for i in indexes]
+    chunk_lines = pa.table({  # noqa: F841 - read by name in BATCH_SQL
+        "line_no": pa.array(indexes + first, pa.int64()),
+        "line": pa.array(lines, pa.binary()),
+        "fast_candidate": pa.array(np.ones(len(lines), dtype=bool)),
+    })
+    conn.register("chunk_lines", chunk_lines)
+    try:
+        with _filters_in_place(conn):
+            rows = conn.sql(BATCH_SQL, params=params).to_arrow_table()
+    finally:
+        conn.unregister("chunk_lines")
+    conn.register("batch_rows", rows)
+    try:
+        conn.execute(
+            "INSERT INTO raw.events BY NAME SELECT * EXCLUDE (n_messages) FROM batch_rows "
+            "WHERE line_no IN (SELECT line_no FROM batch_rows GROUP BY line_no "
+            "HAVING count(*) = max(n_messages))")
+    finally:
+        conn.unregister("batch_rows")
 
 
 @contextmanager
