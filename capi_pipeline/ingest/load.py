@@ -349,22 +349,28 @@ def _load_lines(conn, landed: LandedFile, file_id: str, hasher, now: datetime,
             conn.execute(f"INSERT INTO raw.events BY NAME {FAST_SQL}", params)
         conn.unregister("chunk_lines")
         first, last = line_no + 1, line_no + count
-        taken = _taken(conn, file_id, first, last)
+        fast = conn.sql(
+            "SELECT line_no, partition_date, source_format FROM raw.events "
+            "WHERE file_id = ? AND line_no BETWEEN ? AND ?", params=[file_id, first, last],
+        ).to_arrow_table()
+        taken = np.zeros(count, dtype=bool)
+        taken[fast.column("line_no").to_numpy() - first] = True
         batches = [index for index in np.flatnonzero(~taken & block.candidate)
                    if block.data.find(b'"batch', block.offsets[index],
                                       block.offsets[index + 1]) >= 0]
         if batches:
-            _load_batches(conn, block, np.array(batches), first, params)
-            taken = _taken(conn, file_id, first, last)
-        fast = conn.sql(
-            "SELECT partition_date, source_format, count(*), count(DISTINCT line_no) "
-            "FROM raw.events WHERE file_id = ? AND line_no BETWEEN ? AND ? GROUP BY ALL",
-            params=[file_id, first, last]).fetchall()
-        for day, source_format, events, _ in fast:
+            spread = _load_batches(conn, block, np.array(batches), first, params)
+            taken[spread.column("line_no").to_numpy() - first] = True
+            fast = pa.concat_tables([fast, spread])
+        result.fast_lines += int(taken.sum())
+        conn.register("fast_rows", fast)
+        for day, source_format, events in conn.execute(
+            "SELECT partition_date, source_format, count(*) FROM fast_rows GROUP BY ALL"
+        ).fetchall():
             result.dates[day] += events
             result.formats[source_format] += events
             result.fast_events += events
-        result.fast_lines += int(taken.sum())
+        conn.unregister("fast_rows")
         slow = np.flatnonzero(~taken)
         accepted, rejected = [], []
         for index in slow:
@@ -390,20 +396,11 @@ def _load_lines(conn, landed: LandedFile, file_id: str, hasher, now: datetime,
     return result
 
 
-def _taken(conn, file_id: str, first: int, last: int) -> np.ndarray:
-    """Which of a block's lines (numbered first..last) the fast path made events of."""
-    lines = conn.execute(
-        "SELECT DISTINCT line_no FROM raw.events WHERE file_id = ? AND line_no BETWEEN ? AND ?",
-        [file_id, first, last]).fetchnumpy()["line_no"]
-    taken = np.zeros(last - first + 1, dtype=bool)
-    taken[np.asarray(lines, dtype=np.int64) - first] = True
-    return taken
-
-
 def _load_batches(conn, block: "_LineBlock", indexes: np.ndarray, first: int,
-                  params: list) -> None:
+                  params: list) -> pa.Table:
     """The fast path over a block's Segment batch lines: a line whose every message becomes
-    an event is inserted whole; any other is left to the Python parser."""
+    an event is inserted whole; any other is left to the Python parser. Returns the line
+    number, day and format of each event inserted."""
     lines = [block.data[block.offsets[i]:block.offsets[i + 1]] for i in indexes]
     chunk_lines = pa.table({  # noqa: F841 - read by name in BATCH_SQL
         "line_no": pa.array(indexes + first, pa.int64()),
@@ -419,10 +416,14 @@ def _load_batches(conn, block: "_LineBlock", indexes: np.ndarray, first: int,
     conn.register("batch_rows", rows)
     try:
         conn.execute(
-            "INSERT INTO raw.events BY NAME SELECT * EXCLUDE (n_messages) FROM batch_rows "
-            "WHERE line_no IN (SELECT line_no FROM batch_rows GROUP BY line_no "
-            "HAVING count(*) = max(n_messages))")
+            "CREATE OR REPLACE TEMP VIEW _whole_batches AS SELECT * EXCLUDE (n_messages) "
+            "FROM batch_rows WHERE line_no IN (SELECT line_no FROM batch_rows "
+            "GROUP BY line_no HAVING count(*) = max(n_messages))")
+        conn.execute("INSERT INTO raw.events BY NAME SELECT * FROM _whole_batches")
+        return conn.sql(
+            "SELECT line_no, partition_date, source_format FROM _whole_batches").to_arrow_table()
     finally:
+        conn.execute("DROP VIEW IF EXISTS _whole_batches")
         conn.unregister("batch_rows")
 
 
