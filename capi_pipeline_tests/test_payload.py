@@ -420,9 +420,27 @@ def test_check_finds_anything_that_is_neither_a_hash_nor_a_field_sent_unhashed(w
     assert personal_data_problems(warehouse.conn, DAY - timedelta(days=1)) == {}
 
     warehouse.conn.execute("DELETE FROM capi.pinterest_events WHERE event_id <> 'clean'")
+    # The other text columns: a partitioned run reads its own day's rows (an old day's were
+    # screened by that day's run, before anything of it was sent), every day's when None.
+    old_day = DAY - timedelta(days=3)
+    _plant_payload(warehouse.conn, "old-store", json.dumps(base))
+    _plant_payload(warehouse.conn, "new-store", json.dumps(base))
+    warehouse.conn.execute("UPDATE capi.pinterest_events SET partition_date = ?, "
+                           "store = 'jane@example.com' WHERE event_id = 'old-store'", [old_day])
+    warehouse.conn.execute("UPDATE capi.pinterest_events SET skip_reason = 'x jo%40example.org' "
+                           "WHERE event_id = 'new-store'")
+    store, reason = ("capi.pinterest_events.store: shaped like an email address",
+                     "capi.pinterest_events.skip_reason: shaped like an email address")
+    assert personal_data_problems(warehouse.conn) == {store: 1, reason: 1}
+    assert personal_data_problems(warehouse.conn, DAY) == {reason: 1}
+    assert personal_data_problems(warehouse.conn, old_day) == {store: 1}
+    warehouse.conn.execute("DELETE FROM capi.pinterest_events WHERE event_id <> 'clean'")
     warehouse.conn.execute("CREATE TABLE capi.audit (note VARCHAR)")
     warehouse.conn.execute("INSERT INTO capi.audit VALUES ('mail jane@example.com')")
     assert personal_data_problems(warehouse.conn) == {
+        "capi.audit.note: shaped like an email address": 1}
+    # A table without partition_date is read whole by a partitioned run too.
+    assert personal_data_problems(warehouse.conn, DAY) == {
         "capi.audit.note: shaped like an email address": 1}
 
 

@@ -130,6 +130,12 @@ WHERE table_schema = 'capi' AND column_name <> 'payload'
   AND (data_type LIKE 'VARCHAR%' OR data_type = 'JSON')
 ORDER BY ALL
 """
+# The capi tables with a partition_date column: a partitioned run reads the day's rows of
+# those only, as it reads the day's payloads.
+PARTITIONED_SQL = """
+SELECT DISTINCT table_name FROM information_schema.columns
+WHERE table_schema = 'capi' AND column_name = 'partition_date'
+"""
 
 
 # Which payloads the check walks leaf by leaf. json_tree costs some 60 µs a payload (20 s for
@@ -261,21 +267,34 @@ def personal_data_problems(conn, day=None) -> dict[str, int]:
 
     Args:
         conn: A connection to the pipeline's DuckDB file.
-        day: Only this partition's payloads (the run's); every payload when None. Other
-            capi tables and columns are read whole.
+        day: Only this partition's rows (the run's): its payloads and, in every capi table
+            with a partition_date, its other text columns; a table without one is read
+            whole. Every row of every day when None. Old days need no re-screen: a day's
+            rows are written only by enrich, whose blocking check screened them before
+            anything of that day was sent, and are otherwise only deleted (erasure, retention).
 
     Returns:
         Counts by problem (and, for plain columns, by table and column); empty when clean.
         Never the values themselves: they may be the personal data the check is looking for.
     """
     problems = payload_problems(conn, day)
+    partitioned = {row[0] for row in conn.execute(PARTITIONED_SQL).fetchall()}
+    columns: dict[str, list[str]] = {}
     for table, column in conn.execute(TEXT_COLUMNS_SQL).fetchall():
-        leaks = conn.execute(
-            f'SELECT count(*) FROM capi."{table}" '
-            f"WHERE regexp_matches(CAST(\"{column}\" AS VARCHAR), '{EMAIL_SHAPED}')"
-        ).fetchall()[0][0]
-        if leaks:
-            problems[f"capi.{table}.{column}: shaped like an email address"] = int(leaks)
+        columns.setdefault(table, []).append(column)
+    for table, names in columns.items():
+        # One pass over the table for all its columns. EMAIL_SHAPED needs an @ or a %40, so
+        # the regular expression only runs on text holding one: the same matches.
+        texts = [f'CAST("{column}" AS VARCHAR)' for column in names]
+        counts = ", ".join(
+            f"count(*) FILTER (WHERE (contains({text}, '@') OR contains({text}, '%40')) "
+            f"AND regexp_matches({text}, '{EMAIL_SHAPED}'))" for text in texts)
+        where = " WHERE partition_date = $day" if day is not None and table in partitioned else ""
+        found = conn.execute(f'SELECT {counts} FROM capi."{table}"{where}',
+                             {"day": day} if where else {}).fetchall()[0]
+        for column, leaks in zip(names, found, strict=True):
+            if leaks:
+                problems[f"capi.{table}.{column}: shaped like an email address"] = int(leaks)
     return problems
 
 
