@@ -2,6 +2,7 @@
 
 import re
 from datetime import UTC, datetime
+from functools import lru_cache
 
 import orjson
 from dagster import (
@@ -179,12 +180,17 @@ _ITEM_KEYS = _ITEM_UNHASHED | _ITEM_FREE_TEXT
 _SCALARS = (str, int)  # bool is an int; null, floats, lists and objects go to the SQL
 
 
-def _safe_free_text(value) -> bool:
+@lru_cache(maxsize=1 << 16)
+def _safe_free_text(value: str) -> bool:
     """Free text that cannot be phone-shaped as the SQL reads it (its JSON text): fewer than
     seven digits, printable, so that escaping adds no digit (a quote or backslash gains a
     backslash, which only breaks a run of digits; DuckDB writes other characters as they
-    are), and no digit but ASCII ones. (No @ or %40 is checked on the whole payload.)"""
-    return (type(value) is str and value.isprintable()
+    are), and no digit but ASCII ones. (No @ or %40 is checked on the whole payload.)
+
+    Takes a str only (callers test the type). Cached: a store's item names, brands and
+    categories repeat from one event to the next.
+    """
+    return (value.isprintable()
             and len(value) - len(value.translate(_DIGITS)) < 7
             and (value.isascii() or not any(c.isdigit() for c in value if not c.isascii())))
 
@@ -194,7 +200,9 @@ def _certainly_clean(text: bytes) -> bool:
 
     Every key must be one the SQL allows at its place, with a value of the kind it allows
     there; hashed fields lists of lower-case SHA-256 digests; free text not phone-shaped; and
-    no @ or %40 anywhere, so nothing is email-shaped (escaping cannot make either).
+    no @ or %40 anywhere, so nothing is email-shaped (escaping cannot make either). Written as
+    plain loops: it runs once per payload of the day, and generator expressions inside all()
+    cost a third of its time.
     """
     if b"@" in text or b"%40" in text:
         return False
@@ -214,13 +222,16 @@ def _certainly_clean(text: bytes) -> bool:
     if not (user.keys() <= _USER_KEYS and custom.keys() <= _CUSTOM_KEYS):
         return False
     for key, value in payload.items():
-        if key not in ("user_data", "custom_data") and not isinstance(value, _SCALARS):
+        if key != "user_data" and key != "custom_data" and not isinstance(value, _SCALARS):
             return False
+    is_digest = _SHA256.fullmatch
     for field, value in user.items():
         if field in _HASHED:
-            if type(value) is not list or not all(
-                    type(digest) is str and _SHA256.fullmatch(digest) for digest in value):
+            if type(value) is not list:
                 return False
+            for digest in value:
+                if type(digest) is not str or not is_digest(digest):
+                    return False
         elif not isinstance(value, _SCALARS):
             return False
     for key, value in custom.items():
@@ -231,14 +242,21 @@ def _certainly_clean(text: bytes) -> bool:
                 if type(item) is not dict or not item.keys() <= _ITEM_KEYS:
                     return False
                 for name, leaf in item.items():
-                    if not (_safe_free_text(leaf) if name in _ITEM_FREE_TEXT
-                            else isinstance(leaf, _SCALARS)):
+                    if name in _ITEM_FREE_TEXT:
+                        if type(leaf) is not str or not _safe_free_text(leaf):
+                            return False
+                    elif not isinstance(leaf, _SCALARS):
                         return False
         elif key == "content_ids":
-            if type(value) is not list or not all(isinstance(v, _SCALARS) for v in value):
+            if type(value) is not list:
                 return False
-        elif not (_safe_free_text(value) if key in _CUSTOM_FREE_TEXT
-                  else isinstance(value, _SCALARS)):
+            for content_id in value:
+                if not isinstance(content_id, _SCALARS):
+                    return False
+        elif key in _CUSTOM_FREE_TEXT:
+            if type(value) is not str or not _safe_free_text(value):
+                return False
+        elif not isinstance(value, _SCALARS):
             return False
     return True
 
