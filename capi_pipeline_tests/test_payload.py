@@ -451,10 +451,17 @@ def test_screened_check_counts_what_walking_every_payload_counts(warehouse):
         FREE_TEXT_PATHS,
         HASHED_PATHS,
         PAYLOAD_LEAKS_SQL,
+        SCREEN_GRAMMAR,
         UNHASHED_PATHS,
         _certainly_clean,
         payload_problems,
     )
+
+    def cleared_by_grammar(payload: str) -> bool:
+        return warehouse.conn.execute(
+            "SELECT NOT contains($t, '@') AND NOT contains($t, '%40') "
+            "AND regexp_full_match($t, $g)", {"t": payload, "g": SCREEN_GRAMMAR}
+        ).fetchall()[0][0]
 
     warehouse.add(staged("clean", email="c@example.com", source_event_name="checkout_completed",
                          event_type="purchase", order_id="9", num_items=1, items=[
@@ -464,6 +471,8 @@ def test_screened_check_counts_what_walking_every_payload_counts(warehouse):
     text = warehouse.conn.execute(
         "SELECT payload::VARCHAR FROM capi.pinterest_events").fetchall()[0][0]
     assert _certainly_clean(text.encode()), "a builder's payload should pass the screen"
+    ascii_text = text.replace("Café", "Cafe").replace('Acme \\"Pro\\"', "Acme Pro")
+    assert cleared_by_grammar(ascii_text), "an ASCII builder's payload should pass the grammar"
     base = json.loads(text)
     digest = base["user_data"]["em"][0]
     user, custom = base["user_data"], base["custom_data"]
@@ -490,6 +499,26 @@ def test_screened_check_counts_what_walking_every_payload_counts(warehouse):
         json.dumps({**base, "custom_data": {**custom, "content_ids": [{"id": "7"}]}}),
         json.dumps({**base, "opt_out": None, "partner_name": "ss-a@b.example.org"}),
         json.dumps({**base, "user_data": {**user, "em": []}, "custom_data": {}}),
+        # What the grammar (DuckDB's tier) must not clear: escapes spelling an @ or digits
+        # (the text holds a backslash and u0040 or u0030), seven digits, whitespace, a null, a
+        # float, an object where a value goes, a bad or duplicate digest, an unknown key.
+        ascii_text.replace('"order_id":"', '"search_string":"jane\\u0040x.example.com",'
+                           '"order_id":"', 1),
+        ascii_text.replace('"order_id":"', '"search_string":"t\\u0030207946095",'
+                           '"order_id":"', 1),
+        json.dumps({**base, "custom_data": {**custom, "search_string": "tel 0207946095"}}),
+        ascii_text.replace('"order_id":"', '"search_string":"call 2079460","order_id":"', 1),
+        ascii_text.replace('"order_id":"', '"search_string":"call 207946","order_id":"', 1),
+        json.dumps({**base, "custom_data": {**custom, "content_category": "020 7946 0958"}}),
+        ascii_text.replace('"event_name":', '"event_name" :', 1),
+        ascii_text.replace('{"event_name":"', '{"event_id":null,"event_name":"', 1),
+        ascii_text.replace('{"event_name":"', '{"event_time":1.5,"event_name":"', 1),
+        ascii_text.replace('{"event_name":"', '{"event_id":{"a":"b"},"event_name":"', 1),
+        ascii_text.replace('"em":["', '"em":["0123","', 1),
+        ascii_text.replace('"em":["', '"em":["%s"],"em":["' % ("A" * 64), 1),
+        ascii_text.replace('"item_name":"', '"item_name":"0207946', 1),
+        ascii_text.replace('"item_brand":"', '"colour":"red","item_brand":"', 1),
+        ascii_text.replace('"item_brand":"', '"item_brand":"x\\"1234567\\"', 1),
     ]
     for number, payload in enumerate(planted):
         warehouse.conn.execute("DELETE FROM capi.pinterest_events")
@@ -501,6 +530,7 @@ def test_screened_check_counts_what_walking_every_payload_counts(warehouse):
         assert payload_problems(warehouse.conn, DAY) == walked, payload
         if walked:
             assert not _certainly_clean(payload.encode()), payload
+            assert not cleared_by_grammar(payload), payload
 
 
 def test_config_refuses_settings_pinterest_would_refuse():

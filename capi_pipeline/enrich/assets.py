@@ -140,12 +140,18 @@ WHERE table_schema = 'capi' AND column_name = 'partition_date'
 
 
 # Which payloads the check walks leaf by leaf. json_tree costs some 60 µs a payload (20 s for
-# a 330,000-event day), so each payload is first screened in Python: one that is certainly
-# clean by rules stricter than PAYLOAD_LEAKS_SQL's is left out, and every other payload (any
-# doubt at all) is walked by the SQL as before. The counts are therefore the SQL's own.
+# a 330,000-event day), so payloads are screened first, in two tiers, each by rules stricter
+# than PAYLOAD_LEAKS_SQL's: DuckDB clears, on all cores, each payload whose text matches
+# SCREEN_GRAMMAR (below) and holds no @ or %40; the rest are read into Python and cleared by
+# _certainly_clean; every payload neither clears (any doubt at all) is walked by the SQL as
+# before. The counts are therefore the SQL's own.
 SCREEN_SQL = """
-SELECT rowid, encode(payload::VARCHAR) FROM capi.pinterest_events
-WHERE $day IS NULL OR partition_date = $day
+SELECT rowid, encode(text) FROM (
+    SELECT rowid, payload::VARCHAR AS text FROM capi.pinterest_events
+    WHERE $day IS NULL OR partition_date = $day
+)
+WHERE NOT (NOT contains(text, '@') AND NOT contains(text, '%40')
+           AND regexp_full_match(text, $grammar))
 """
 DOUBTFUL_SQL = """
 CREATE OR REPLACE TEMP TABLE doubtful_payloads AS
@@ -178,6 +184,48 @@ _USER_KEYS = _USER_UNHASHED | _HASHED
 _CUSTOM_KEYS = _CUSTOM_UNHASHED | _CUSTOM_FREE_TEXT | {"content_ids", "contents"}
 _ITEM_KEYS = _ITEM_UNHASHED | _ITEM_FREE_TEXT
 _SCALARS = (str, int)  # bool is an int; null, floats, lists and objects go to the SQL
+
+
+def _screen_grammar() -> str:
+    """A regular expression (RE2, as DuckDB runs it) for payload text PAYLOAD_LEAKS_SQL finds
+    nothing in, once the text is known to hold no @ or %40.
+
+    It reads the text as JSON itself: objects whose every member is a key allowed at its
+    place with a value of the kind allowed there; hashed fields arrays of lower-case SHA-256
+    digests; other values strings, integers or booleans; no whitespace between tokens. Every
+    member is matched where it stands, so a duplicate key is judged like any other. Strings
+    hold no backslash at all, so what the text shows is what json_tree reads (an escape could
+    spell an @ or a digit). Free text is printable ASCII with at most six digits: it cannot
+    be phone-shaped, and it cannot be email-shaped without an @ or %40.
+    """
+    def one_of(names) -> str:
+        return "(?:" + "|".join(re.escape(name) for name in sorted(names)) + ")"
+
+    def obj(member: str) -> str:
+        return rf"\{{(?:{member}(?:,{member})*)?\}}"
+
+    def arr(item: str) -> str:
+        return rf"\[(?:{item}(?:,{item})*)?\]"
+
+    text = r'"[^"\\\x00-\x1f]*"'
+    value = rf"(?:{text}|-?(?:0|[1-9][0-9]*)|true|false)"
+    # Printable ASCII but the quote, the backslash and digits. (Text with other characters
+    # is left to _certainly_clean: a Unicode class made the expression several times slower.)
+    letter = r"[ !#-/:-\[\]-~]"
+    free_text = f'"{letter}*(?:[0-9]{letter}*){{0,6}}"'
+    digest = r'"[0-9a-f]{64}"'
+    item = (f'(?:"{one_of(_ITEM_UNHASHED)}":{value}'
+            f'|"{one_of(_ITEM_FREE_TEXT)}":{free_text})')
+    custom = (f'(?:"{one_of(_CUSTOM_UNHASHED)}":{value}'
+              f'|"{one_of(_CUSTOM_FREE_TEXT)}":{free_text}'
+              f'|"content_ids":{arr(value)}|"contents":{arr(obj(item))})')
+    user = f'(?:"{one_of(_HASHED)}":{arr(digest)}|"{one_of(_USER_UNHASHED)}":{value})'
+    top = (f'(?:"{one_of(_TOP_UNHASHED)}":{value}'
+           f'|"user_data":{obj(user)}|"custom_data":{obj(custom)})')
+    return obj(top)
+
+
+SCREEN_GRAMMAR = _screen_grammar()
 
 
 @lru_cache(maxsize=1 << 16)
@@ -264,7 +312,8 @@ def _certainly_clean(text: bytes) -> bool:
 def payload_problems(conn, day=None) -> dict[str, int]:
     """PAYLOAD_LEAKS_SQL's counts, walking only the payloads the screen could not clear."""
     doubtful = []
-    reader = conn.sql(SCREEN_SQL, params={"day": day}).to_arrow_reader(50_000)
+    reader = conn.sql(SCREEN_SQL, params={"day": day, "grammar": SCREEN_GRAMMAR}
+                      ).to_arrow_reader(50_000)
     for batch in reader:
         rowids, texts = batch.column(0).to_pylist(), batch.column(1).to_pylist()
         doubtful.extend(rowid for rowid, text in zip(rowids, texts, strict=True)
