@@ -156,6 +156,25 @@ def test_identifiers_are_merged_event_first_then_profile(warehouse):
     assert user["client_ip_address"] == "203.0.113.5" and user["client_user_agent"] == UA
 
 
+def test_an_event_takes_its_visitor_from_its_own_days_identity_row(warehouse):
+    # identity.event_visitors is keyed by (partition_date, event_key): enrich reads the day's
+    # rows only. A row of another day under the same key (never written by identity) is not
+    # the event's, and would otherwise join in a second visitor and a second event.
+    warehouse.add(staged("buy", source_event_name="checkout_completed", event_type="purchase",
+                         order_id="56"),
+                  visitor="v1", profile={"email": "jane@work.example"})
+    warehouse.conn.execute(
+        "INSERT INTO identity.event_visitors (event_key, partition_date, visitor_id, "
+        "event_time, node_ids, anchor_node_id) VALUES ('k-buy', ?, 'v-old', ?, [], 0)",
+        [DAY - timedelta(days=2), NOON - timedelta(days=2)])
+    warehouse.conn.execute(
+        "INSERT INTO identity.visitor_profiles (visitor_id, identifiers, events, email) "
+        "VALUES ('v-old', 1, 1, 'old@other.example')")
+    built = warehouse.build()
+    assert built.rows == 1
+    assert warehouse.payload("buy")["user_data"]["em"] == [sha("jane@work.example")]
+
+
 def test_profile_country_reads_a_national_phone(warehouse):
     warehouse.add(staged("view", phone="020 7946 0958"), visitor="v2",
                   profile={"country": "United Kingdom"})
