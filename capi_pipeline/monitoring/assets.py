@@ -98,12 +98,14 @@ SELECT $day AS partition_date, $destination AS destination, * EXCLUDE (em_or_mai
 FROM grouped
 """
 
-SKIPPED_SQL = f"""
-WITH events AS ({DAY_EVENTS_SQL})
+# Skips need no outcome: the day's events alone, not DAY_EVENTS_SQL, whose ledger lookup
+# (one row per event at most) read the event_id of every outcome ever recorded.
+SKIPPED_SQL = """
 SELECT $day AS partition_date, $destination AS destination,
        coalesce(event_name, 'all') AS event_name, skip_reason, count(*) AS events
-FROM events
-WHERE NOT eligible
+FROM capi.pinterest_events
+WHERE partition_date = $day AND coalesce(store, '') IN (SELECT unnest($stores))
+  AND NOT eligible
 GROUP BY GROUPING SETS ((event_name, skip_reason), (skip_reason))
 """
 
