@@ -233,6 +233,9 @@ def main() -> None:
     parser.add_argument("--workdir", default=None, help="folder for the DuckDB files")
     parser.add_argument("--memory-limit", default="3GB",
                         help="DuckDB memory_limit of the measured steps (it spills beyond)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the prepared files (base.duckdb: days 1-29 built; "
+                             "built.duckdb: day 30 added) in the work folder")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="identity-bench-", dir=args.workdir))
@@ -284,7 +287,10 @@ def main() -> None:
         print(f"  full computation / scipy = {median(recompute, 'seconds') / scipy_seconds:.1f}x"
               f"  (/ scipy with loading = {median(recompute, 'seconds') / scipy_load:.1f}x)")
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep:
+            print(f"files kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
