@@ -47,7 +47,7 @@ from capi_pipeline.identity.rules import (  # noqa: F401 - is_junk_email is enri
     is_junk_email,
     phone_node,
 )
-from capi_pipeline.identity.tables import temp_table
+from capi_pipeline.identity.tables import replace_rows, temp_table
 from capi_pipeline.lib.duck import ensure_schema
 
 IDENTITY_TABLES = (
@@ -197,8 +197,8 @@ def _apply(conn: duckdb.DuckDBPyConnection, rules: GraphRules, plan: RunPlan) ->
     else:
         _add_accumulated(conn)
     new_hubs = _find_hubs(conn, rules, plan.full)
-    labels, size_refused = guarded_components(conn, rules, plan.full)
-    changes = assign_visitor_ids(conn, labels, plan.full, new_hubs)
+    node_ids, labels, size_refused = guarded_components(conn, rules, plan.full, new_hubs)
+    changes = assign_visitor_ids(conn, node_ids, labels, plan.full)
     update_events(conn, new_hubs, written)
     refresh_profiles(conn, written)
     attribute_clicks(conn, rules, written)
@@ -429,26 +429,25 @@ def _rebuild_accumulated(conn: duckdb.DuckDBPyConnection) -> None:
         DELETE FROM identity.identifiers
         WHERE node_id NOT IN (SELECT node_id FROM node_totals)
     """)
-    conn.execute("""
-        UPDATE identity.identifiers i
-        SET events = t.events, first_seen = t.first_seen, last_seen = t.last_seen
-        FROM node_totals t
-        WHERE i.node_id = t.node_id
-          AND (i.events <> t.events OR i.first_seen IS DISTINCT FROM t.first_seen
-               OR i.last_seen IS DISTINCT FROM t.last_seen)
+    replace_rows(conn, "identity.identifiers", """
+        SELECT i.rowid AS _row,
+               i.* REPLACE (t.events AS events, t.first_seen AS first_seen,
+                            t.last_seen AS last_seen)
+        FROM identity.identifiers i JOIN node_totals t USING (node_id)
+        WHERE i.events <> t.events OR i.first_seen IS DISTINCT FROM t.first_seen
+              OR i.last_seen IS DISTINCT FROM t.last_seen
     """)
     conn.execute("""
         DELETE FROM identity.edges e
         WHERE NOT EXISTS (SELECT 1 FROM run_pairs r WHERE r.a_id = e.a_id AND r.b_id = e.b_id)
     """)
-    conn.execute("""
-        UPDATE identity.edges e
-        SET events = r.events, first_seen = r.first_seen, last_seen = r.last_seen,
-            first_day = r.first_day
-        FROM run_pairs r
-        WHERE e.a_id = r.a_id AND e.b_id = r.b_id
-          AND (e.events <> r.events OR e.first_seen IS DISTINCT FROM r.first_seen
-               OR e.last_seen IS DISTINCT FROM r.last_seen OR e.first_day <> r.first_day)
+    replace_rows(conn, "identity.edges", """
+        SELECT e.rowid AS _row,
+               e.* REPLACE (r.events AS events, r.first_seen AS first_seen,
+                            r.last_seen AS last_seen, r.first_day AS first_day)
+        FROM identity.edges e JOIN run_pairs r ON e.a_id = r.a_id AND e.b_id = r.b_id
+        WHERE e.events <> r.events OR e.first_seen IS DISTINCT FROM r.first_seen
+              OR e.last_seen IS DISTINCT FROM r.last_seen OR e.first_day <> r.first_day
     """)
     conn.execute("""
         CREATE OR REPLACE TEMP TABLE new_pairs AS
@@ -468,11 +467,12 @@ def _add_accumulated(conn: duckdb.DuckDBPyConnection) -> None:
         WHERE partition_date IN (SELECT partition_date FROM run_days)
         GROUP BY node_id
     """)
-    conn.execute("""
-        UPDATE identity.identifiers i
-        SET events = i.events + t.events, first_seen = least(i.first_seen, t.first_seen),
-            last_seen = greatest(i.last_seen, t.last_seen)
-        FROM node_totals t WHERE i.node_id = t.node_id
+    replace_rows(conn, "identity.identifiers", """
+        SELECT i.rowid AS _row,
+               i.* REPLACE (i.events + t.events AS events,
+                            least(i.first_seen, t.first_seen) AS first_seen,
+                            greatest(i.last_seen, t.last_seen) AS last_seen)
+        FROM identity.identifiers i JOIN node_totals t USING (node_id)
     """)
     conn.execute("""
         CREATE OR REPLACE TEMP TABLE run_pairs AS
@@ -487,12 +487,13 @@ def _add_accumulated(conn: duckdb.DuckDBPyConnection) -> None:
         SELECT r.* FROM run_pairs r
         ANTI JOIN identity.edges e ON e.a_id = r.a_id AND e.b_id = r.b_id
     """)
-    conn.execute("""
-        UPDATE identity.edges e
-        SET events = e.events + r.events, first_seen = least(e.first_seen, r.first_seen),
-            last_seen = greatest(e.last_seen, r.last_seen),
-            first_day = least(e.first_day, r.first_day)
-        FROM run_pairs r WHERE e.a_id = r.a_id AND e.b_id = r.b_id
+    replace_rows(conn, "identity.edges", """
+        SELECT e.rowid AS _row,
+               e.* REPLACE (e.events + r.events AS events,
+                            least(e.first_seen, r.first_seen) AS first_seen,
+                            greatest(e.last_seen, r.last_seen) AS last_seen,
+                            least(e.first_day, r.first_day) AS first_day)
+        FROM identity.edges e JOIN run_pairs r ON e.a_id = r.a_id AND e.b_id = r.b_id
     """)
     conn.execute(INSERT_EDGES_SQL.format(source="new_pairs"))
 
