@@ -67,7 +67,8 @@ class RunPlan:
     rules_changed: bool = False
 
 
-def build_identity(conn: duckdb.DuckDBPyConnection, rules: GraphRules) -> dict[str, int]:
+def build_identity(conn: duckdb.DuckDBPyConnection, rules: GraphRules,
+                   phases: dict[str, float] | None = None) -> dict[str, int]:
     """Bring every identity table up to date with staging; returns counts for metadata.
 
     Only staged days that are new or whose rows changed are read. A run that only adds days
@@ -76,13 +77,18 @@ def build_identity(conn: duckdb.DuckDBPyConnection, rules: GraphRules) -> dict[s
     new profiles. A staged day that was re-run or deleted, or a change of the rules, makes the
     run recompute every derived table from the per-day tables (and, for a rules change, reread
     every staged day), so the result never depends on the order of runs.
+
+    `phases`, when given, receives the seconds each phase of the run took (the benchmark
+    prints them).
     """
     started = time.perf_counter()
+    clock = _Phases(phases)
     ensure_layout(conn)
     plan = plan_run(conn, rules)
+    clock.done("plan")
     conn.execute("BEGIN TRANSACTION")
     try:
-        stats = _apply(conn, rules, plan)
+        stats = _apply(conn, rules, plan, clock)
         conn.execute("DELETE FROM identity.graph_days WHERE partition_date IN "
                      "(SELECT unnest(?::DATE[]))", [[r[0] for r in plan.records] + plan.removed])
         if plan.records:
@@ -96,10 +102,25 @@ def build_identity(conn: duckdb.DuckDBPyConnection, rules: GraphRules) -> dict[s
              stats["seconds"]],
         )
         conn.execute("COMMIT")
+        clock.done("commit")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
     return stats
+
+
+class _Phases:
+    """Seconds per phase of a run, into a caller's dict (nothing when it gave none)."""
+
+    def __init__(self, into: dict[str, float] | None) -> None:
+        self.into = into
+        self.last = time.perf_counter()
+
+    def done(self, phase: str) -> None:
+        now = time.perf_counter()
+        if self.into is not None:
+            self.into[phase] = self.into.get(phase, 0.0) + now - self.last
+        self.last = now
 
 
 def ensure_layout(conn: duckdb.DuckDBPyConnection) -> None:
@@ -182,7 +203,8 @@ def plan_run(conn: duckdb.DuckDBPyConnection, rules: GraphRules) -> RunPlan:
     )
 
 
-def _apply(conn: duckdb.DuckDBPyConnection, rules: GraphRules, plan: RunPlan) -> dict[str, int]:
+def _apply(conn: duckdb.DuckDBPyConnection, rules: GraphRules, plan: RunPlan,
+           clock: _Phases) -> dict[str, int]:
     conn.execute(
         "CREATE OR REPLACE TEMP TABLE run_days AS SELECT unnest(?::DATE[]) AS partition_date",
         [plan.days + plan.removed],
@@ -191,19 +213,31 @@ def _apply(conn: duckdb.DuckDBPyConnection, rules: GraphRules, plan: RunPlan) ->
         return _stats(conn, plan, new_hubs=[], size_refused=0,
                       changes={"visitors_merged": 0, "visitors_split": 0})
     _extract(conn, rules)
+    clock.done("read staged days")
     written = _replace_days(conn, keep_unchanged=not plan.rules_changed)
+    clock.done("per-day tables and event rows")
     if plan.full:
         _rebuild_accumulated(conn)
     else:
         _add_accumulated(conn)
+    clock.done("identifier and edge totals")
     new_hubs = _find_hubs(conn, rules, plan.full)
+    clock.done("hubs")
     node_ids, labels, size_refused = guarded_components(conn, rules, plan.full, new_hubs)
+    clock.done("components and size guard")
     changes = assign_visitor_ids(conn, node_ids, labels, plan.full)
+    clock.done("visitor ids and id map")
     update_events(conn, new_hubs, written)
+    clock.done("events' visitors")
     refresh_profiles(conn, written)
+    clock.done("profiles")
     attribute_clicks(conn, rules, written)
+    clock.done("click attribution")
     write_refused_edges(conn)
-    return _stats(conn, plan, new_hubs, size_refused, changes)
+    clock.done("refused edges")
+    stats = _stats(conn, plan, new_hubs, size_refused, changes)
+    clock.done("counts")
+    return stats
 
 
 def _stats(conn, plan: RunPlan, new_hubs: list[int], size_refused: int,
