@@ -53,13 +53,23 @@ def update_events(conn: duckdb.DuckDBPyConnection, new_hubs: list[int], written:
         UPDATE identity.event_visitors e SET anchor_node_id = a.anchor_node_id
         FROM run_anchors a WHERE e.rowid = a.row AND e.anchor_node_id <> a.anchor_node_id
     """)
-    # The rows that move are found over two narrow columns, then read whole by row id.
+    # The days' own rows (new ones are still in the transaction's storage) are updated; an
+    # older row moves only when its anchor's visitor changed (a merge, a split, a new anchor):
+    # those are found over two narrow columns, then replaced whole by row id.
+    conn.execute("""
+        UPDATE identity.event_visitors e SET visitor_id = i.visitor_id
+        FROM (SELECT node_id, visitor_id FROM identity.identifiers
+              WHERE node_id IN (SELECT node_id FROM touched_nodes)) i
+        WHERE e.partition_date IN (SELECT partition_date FROM run_days)
+          AND e.anchor_node_id = i.node_id AND e.visitor_id <> i.visitor_id
+    """)
     conn.execute("""
         CREATE OR REPLACE TEMP TABLE moved_events AS
         SELECT e.rowid AS row, i.visitor_id
         FROM identity.event_visitors e
         JOIN (SELECT node_id, visitor_id FROM identity.identifiers
-              WHERE node_id IN (SELECT node_id FROM touched_nodes)) i
+              WHERE node_id IN (SELECT node_id FROM node_changes
+                                UNION SELECT anchor_node_id FROM run_anchors)) i
           ON e.anchor_node_id = i.node_id
         WHERE e.visitor_id <> i.visitor_id
     """)
