@@ -167,10 +167,11 @@ def _child(step: str, path: str, memory_limit: str, queue) -> None:
         elif step == "incremental":
             conn.execute("INSERT INTO staging.events SELECT * FROM held_back.events")
         started, cpu = time.perf_counter(), _cpu_seconds()
-        stats = build_identity(conn, RULES)
+        phases: dict[str, float] = {}
+        stats = build_identity(conn, RULES, phases)
         seconds = time.perf_counter() - started
         result = {"seconds": seconds, "cpu": _cpu_seconds() - cpu, "peak_mb": _peak_mb(),
-                  "stats": stats}
+                  "stats": stats, "phases": phases}
         if step == "recompute":
             result["scipy"] = _scipy_alone(conn)
     queue.put(result)
@@ -233,6 +234,9 @@ def main() -> None:
     parser.add_argument("--workdir", default=None, help="folder for the DuckDB files")
     parser.add_argument("--memory-limit", default="3GB",
                         help="DuckDB memory_limit of the measured steps (it spills beyond)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the prepared files (base.duckdb: days 1-29 built; "
+                             "built.duckdb: day 30 added) in the work folder")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="identity-bench-", dir=args.workdir))
@@ -283,8 +287,16 @@ def main() -> None:
               f"{recompute[0]['scipy']['edges']:,} kept edges")
         print(f"  full computation / scipy = {median(recompute, 'seconds') / scipy_seconds:.1f}x"
               f"  (/ scipy with loading = {median(recompute, 'seconds') / scipy_load:.1f}x)")
+        for label, results in (("incremental day", incremental), ("full computation", recompute)):
+            print(f"where the {label}'s time goes (wall seconds, median per phase):")
+            for phase in results[0]["phases"]:
+                seconds = statistics.median(r["phases"][phase] for r in results)
+                print(f"  {phase:32} {seconds:6.2f}")
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep:
+            print(f"files kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

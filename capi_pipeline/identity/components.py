@@ -15,7 +15,7 @@ from scipy.sparse import csr_array
 from scipy.sparse.csgraph import connected_components
 
 from capi_pipeline.identity.rules import GraphRules
-from capi_pipeline.identity.tables import temp_table
+from capi_pipeline.identity.tables import replace_rows, temp_table
 
 
 def _components(nodes: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -23,39 +23,72 @@ def _components(nodes: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return connected_components(graph, directed=False)[1]
 
 
+# Incrementally, only the visitors a new edge touches or a new hub belonged to, and the new
+# identifiers, can form other components: edges only join (an old edge is never refused by an
+# incremental run, hubs are only added), so every kept edge with an end among these nodes has
+# its other end among them too, and every other visitor stays the component it was.
+SUBGRAPH_NODES_SQL = """
+CREATE OR REPLACE TEMP TABLE subgraph_nodes AS
+SELECT node_id, hub_reason IS NOT NULL AS hub FROM identity.identifiers
+WHERE visitor_id = ''
+   OR visitor_id IN (SELECT visitor_id FROM identity.identifiers
+                     WHERE node_id IN (SELECT a_id FROM new_pairs UNION SELECT b_id FROM new_pairs
+                                       UNION SELECT unnest($hubs::BIGINT[])))
+"""
+
+
 def guarded_components(
-    conn: duckdb.DuckDBPyConnection, rules: GraphRules, full: bool
-) -> tuple[np.ndarray, int]:
-    """Each node's component over the edges that join, after the size guard; returns the
-    labels (indexed by node id) and how many edges the size guard refused in this run."""
-    nodes = int(conn.execute(
-        "SELECT coalesce(max(node_id), -1) + 1 FROM identity.identifiers").fetchone()[0])
+    conn: duckdb.DuckDBPyConnection, rules: GraphRules, full: bool, new_hubs: list[int]
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Components over the edges that join, after the size guard.
+
+    Returns node ids, their component labels (aligned), and how many edges the size guard
+    refused in this run. A full run labels every node id (the first array is then
+    0..max node id); an incremental run only the subgraph of SUBGRAPH_NODES_SQL, the
+    identifiers whose visitor can change, so its cost follows the day, not the history.
+    """
     if full:
         conn.execute("UPDATE identity.edges SET refused_reason = NULL "
                      "WHERE refused_reason IS NOT NULL")
-    # Every edge is new on a full run: no need to look them up.
-    edges = conn.execute("""
-        SELECT e.a_id, e.b_id, e.refused_reason IS NOT NULL AS refused,
-               date_diff('day', DATE '2000-01-01', e.first_day) AS day,
-               {new} AS new
-        FROM identity.edges e
-        {join}
-    """.format(
-        new="true" if full else "n.a_id IS NOT NULL",
-        join="" if full else "LEFT JOIN new_pairs n ON n.a_id = e.a_id AND n.b_id = e.b_id",
-    )).fetchnumpy()
-    a, b = np.asarray(edges["a_id"], np.int64), np.asarray(edges["b_id"], np.int64)
-    hub = np.zeros(nodes, dtype=bool)
-    hub_ids = conn.execute(
-        "SELECT node_id FROM identity.identifiers WHERE hub_reason IS NOT NULL").fetchnumpy()
-    hub[np.asarray(hub_ids["node_id"], np.int64)] = True
+        nodes = int(conn.execute(
+            "SELECT coalesce(max(node_id), -1) + 1 FROM identity.identifiers").fetchone()[0])
+        node_ids = np.arange(nodes, dtype=np.int64)
+        hub = np.zeros(nodes, dtype=bool)
+        hub_ids = conn.execute("SELECT node_id FROM identity.identifiers "
+                               "WHERE hub_reason IS NOT NULL").fetchnumpy()
+        hub[np.asarray(hub_ids["node_id"], np.int64)] = True
+        # Every edge is new on a full run: no need to look them up.
+        edges = conn.execute("""
+            SELECT a_id, b_id, refused_reason IS NOT NULL AS refused,
+                   date_diff('day', DATE '2000-01-01', first_day) AS day, true AS new
+            FROM identity.edges
+        """).fetchnumpy()
+        a, b = np.asarray(edges["a_id"], np.int64), np.asarray(edges["b_id"], np.int64)
+    else:
+        conn.execute(SUBGRAPH_NODES_SQL, {"hubs": new_hubs})
+        sub = conn.execute(
+            "SELECT node_id, hub FROM subgraph_nodes ORDER BY node_id").fetchnumpy()
+        node_ids = np.asarray(sub["node_id"], np.int64)
+        hub = np.asarray(sub["hub"], bool)
+        nodes = len(node_ids)
+        edges = conn.execute("""
+            SELECT e.a_id, e.b_id, e.refused_reason IS NOT NULL AS refused,
+                   0 AS day, n.a_id IS NOT NULL AS new
+            FROM identity.edges e
+            LEFT JOIN new_pairs n ON n.a_id = e.a_id AND n.b_id = e.b_id
+            WHERE e.a_id IN (SELECT node_id FROM subgraph_nodes)
+              AND e.b_id IN (SELECT node_id FROM subgraph_nodes)
+        """).fetchnumpy()
+        # Positions in the subgraph stand for node ids from here on.
+        a = np.searchsorted(node_ids, np.asarray(edges["a_id"], np.int64))
+        b = np.searchsorted(node_ids, np.asarray(edges["b_id"], np.int64))
     kept = ~np.asarray(edges["refused"], bool) & ~hub[a] & ~hub[b]
     labels = _components(nodes, a[kept], b[kept])
 
     limit = rules.max_visitor_identifiers
     sizes = np.bincount(labels, minlength=nodes)
     if not (sizes > limit).any():
-        return labels, 0
+        return node_ids, labels, 0
     # Only edges inside the oversized components can be refused: replay their arrival, day by
     # day on a full rebuild, or this run's new edges on top of the rest incrementally.
     inside = np.flatnonzero(kept & (sizes[labels[a]] > limit))
@@ -82,7 +115,7 @@ def guarded_components(
     if refused.any():
         rows = inside[refused]
         temp_table(conn, "size_refused", pa.table({
-            "a_id": a[rows], "b_id": b[rows], "size": reasons[refused],
+            "a_id": node_ids[a[rows]], "b_id": node_ids[b[rows]], "size": reasons[refused],
         }))
         conn.execute("""
             UPDATE identity.edges e
@@ -92,7 +125,7 @@ def guarded_components(
         """, {"limit": limit})
         kept[rows] = False
         labels = _components(nodes, a[kept], b[kept])
-    return labels, int(refused.sum())
+    return node_ids, labels, int(refused.sum())
 
 
 # --- stable visitor ids -------------------------------------------------------------------------
@@ -168,18 +201,6 @@ FROM firsts f LEFT JOIN keepers k USING (component)
 """
 
 
-# Incrementally, only a component holding a new identifier, an end of a new edge, or an
-# identifier of a visitor a new hub belonged to can differ from the visitor it was.
-CANDIDATES_SQL = """
-SELECT node_id FROM identity.identifiers WHERE visitor_id = ''
-UNION SELECT a_id FROM new_pairs
-UNION SELECT b_id FROM new_pairs
-UNION SELECT node_id FROM identity.identifiers
-      WHERE visitor_id IN (SELECT visitor_id FROM identity.identifiers
-                           WHERE node_id IN (SELECT unnest($hubs::BIGINT[])))
-"""
-
-
 def changed_nodes(conn: duckdb.DuckDBPyConnection, labels: np.ndarray) -> np.ndarray:
     """The identifiers of the components that are not exactly the visitor they were.
 
@@ -208,17 +229,21 @@ def changed_nodes(conn: duckdb.DuckDBPyConnection, labels: np.ndarray) -> np.nda
 
 
 def assign_visitor_ids(
-    conn: duckdb.DuckDBPyConnection, labels: np.ndarray, full: bool, new_hubs: list[int]
+    conn: duckdb.DuckDBPyConnection, node_ids: np.ndarray, labels: np.ndarray, full: bool
 ) -> dict[str, int]:
-    """Give every changed component its visitor id and record ids that stopped being used."""
+    """Give every changed component its visitor id and record ids that stopped being used.
+
+    A full run finds the changed components among all (changed_nodes); an incremental run's
+    labels are those of its subgraph, each of whose components holds a new identifier, an end
+    of a new edge or an identifier of a visitor a new hub belonged to.
+    """
     if full:
         nodes = changed_nodes(conn, labels)
+        components = labels[nodes]
     else:
-        candidates = conn.execute(CANDIDATES_SQL, {"hubs": new_hubs}).fetchnumpy()["node_id"]
-        touched = np.unique(labels[np.asarray(candidates, dtype=np.int64)])
-        nodes = np.flatnonzero(np.isin(labels, touched))
+        nodes, components = node_ids, labels
     temp_table(conn, "component_labels", pa.table({
-        "node_id": nodes, "component": labels[nodes].astype(np.int64),
+        "node_id": nodes, "component": components.astype(np.int64),
     }))
     conn.execute(COMPONENTS_SQL)
     conn.execute(CHANGED_SQL)
@@ -248,9 +273,9 @@ def assign_visitor_ids(
         UNION ALL
         SELECT split_from, visitor_id, 'split', now() FROM component_ids WHERE split
     """)
-    conn.execute("""
-        UPDATE identity.identifiers i SET visitor_id = c.visitor_id
-        FROM node_changes c WHERE i.node_id = c.node_id
+    replace_rows(conn, "identity.identifiers", """
+        SELECT i.rowid AS _row, i.* REPLACE (c.visitor_id AS visitor_id)
+        FROM identity.identifiers i JOIN node_changes c USING (node_id)
     """)
     merged, split = conn.execute("""
         SELECT (SELECT count(*) FROM merged_ids),

@@ -47,7 +47,7 @@ from capi_pipeline.identity.rules import (  # noqa: F401 - is_junk_email is enri
     is_junk_email,
     phone_node,
 )
-from capi_pipeline.identity.tables import temp_table
+from capi_pipeline.identity.tables import replace_rows, temp_table
 from capi_pipeline.lib.duck import ensure_schema
 
 IDENTITY_TABLES = (
@@ -67,7 +67,8 @@ class RunPlan:
     rules_changed: bool = False
 
 
-def build_identity(conn: duckdb.DuckDBPyConnection, rules: GraphRules) -> dict[str, int]:
+def build_identity(conn: duckdb.DuckDBPyConnection, rules: GraphRules,
+                   phases: dict[str, float] | None = None) -> dict[str, int]:
     """Bring every identity table up to date with staging; returns counts for metadata.
 
     Only staged days that are new or whose rows changed are read. A run that only adds days
@@ -76,13 +77,18 @@ def build_identity(conn: duckdb.DuckDBPyConnection, rules: GraphRules) -> dict[s
     new profiles. A staged day that was re-run or deleted, or a change of the rules, makes the
     run recompute every derived table from the per-day tables (and, for a rules change, reread
     every staged day), so the result never depends on the order of runs.
+
+    `phases`, when given, receives the seconds each phase of the run took (the benchmark
+    prints them).
     """
     started = time.perf_counter()
+    clock = _Phases(phases)
     ensure_layout(conn)
     plan = plan_run(conn, rules)
+    clock.done("plan")
     conn.execute("BEGIN TRANSACTION")
     try:
-        stats = _apply(conn, rules, plan)
+        stats = _apply(conn, rules, plan, clock)
         conn.execute("DELETE FROM identity.graph_days WHERE partition_date IN "
                      "(SELECT unnest(?::DATE[]))", [[r[0] for r in plan.records] + plan.removed])
         if plan.records:
@@ -96,10 +102,25 @@ def build_identity(conn: duckdb.DuckDBPyConnection, rules: GraphRules) -> dict[s
              stats["seconds"]],
         )
         conn.execute("COMMIT")
+        clock.done("commit")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
     return stats
+
+
+class _Phases:
+    """Seconds per phase of a run, into a caller's dict (nothing when it gave none)."""
+
+    def __init__(self, into: dict[str, float] | None) -> None:
+        self.into = into
+        self.last = time.perf_counter()
+
+    def done(self, phase: str) -> None:
+        now = time.perf_counter()
+        if self.into is not None:
+            self.into[phase] = self.into.get(phase, 0.0) + now - self.last
+        self.last = now
 
 
 def ensure_layout(conn: duckdb.DuckDBPyConnection) -> None:
@@ -182,7 +203,8 @@ def plan_run(conn: duckdb.DuckDBPyConnection, rules: GraphRules) -> RunPlan:
     )
 
 
-def _apply(conn: duckdb.DuckDBPyConnection, rules: GraphRules, plan: RunPlan) -> dict[str, int]:
+def _apply(conn: duckdb.DuckDBPyConnection, rules: GraphRules, plan: RunPlan,
+           clock: _Phases) -> dict[str, int]:
     conn.execute(
         "CREATE OR REPLACE TEMP TABLE run_days AS SELECT unnest(?::DATE[]) AS partition_date",
         [plan.days + plan.removed],
@@ -191,19 +213,31 @@ def _apply(conn: duckdb.DuckDBPyConnection, rules: GraphRules, plan: RunPlan) ->
         return _stats(conn, plan, new_hubs=[], size_refused=0,
                       changes={"visitors_merged": 0, "visitors_split": 0})
     _extract(conn, rules)
+    clock.done("read staged days")
     written = _replace_days(conn, keep_unchanged=not plan.rules_changed)
+    clock.done("per-day tables and event rows")
     if plan.full:
         _rebuild_accumulated(conn)
     else:
         _add_accumulated(conn)
+    clock.done("identifier and edge totals")
     new_hubs = _find_hubs(conn, rules, plan.full)
-    labels, size_refused = guarded_components(conn, rules, plan.full)
-    changes = assign_visitor_ids(conn, labels, plan.full, new_hubs)
+    clock.done("hubs")
+    node_ids, labels, size_refused = guarded_components(conn, rules, plan.full, new_hubs)
+    clock.done("components and size guard")
+    changes = assign_visitor_ids(conn, node_ids, labels, plan.full)
+    clock.done("visitor ids and id map")
     update_events(conn, new_hubs, written)
+    clock.done("events' visitors")
     refresh_profiles(conn, written)
+    clock.done("profiles")
     attribute_clicks(conn, rules, written)
+    clock.done("click attribution")
     write_refused_edges(conn)
-    return _stats(conn, plan, new_hubs, size_refused, changes)
+    clock.done("refused edges")
+    stats = _stats(conn, plan, new_hubs, size_refused, changes)
+    clock.done("counts")
+    return stats
 
 
 def _stats(conn, plan: RunPlan, new_hubs: list[int], size_refused: int,
@@ -429,26 +463,25 @@ def _rebuild_accumulated(conn: duckdb.DuckDBPyConnection) -> None:
         DELETE FROM identity.identifiers
         WHERE node_id NOT IN (SELECT node_id FROM node_totals)
     """)
-    conn.execute("""
-        UPDATE identity.identifiers i
-        SET events = t.events, first_seen = t.first_seen, last_seen = t.last_seen
-        FROM node_totals t
-        WHERE i.node_id = t.node_id
-          AND (i.events <> t.events OR i.first_seen IS DISTINCT FROM t.first_seen
-               OR i.last_seen IS DISTINCT FROM t.last_seen)
+    replace_rows(conn, "identity.identifiers", """
+        SELECT i.rowid AS _row,
+               i.* REPLACE (t.events AS events, t.first_seen AS first_seen,
+                            t.last_seen AS last_seen)
+        FROM identity.identifiers i JOIN node_totals t USING (node_id)
+        WHERE i.events <> t.events OR i.first_seen IS DISTINCT FROM t.first_seen
+              OR i.last_seen IS DISTINCT FROM t.last_seen
     """)
     conn.execute("""
         DELETE FROM identity.edges e
         WHERE NOT EXISTS (SELECT 1 FROM run_pairs r WHERE r.a_id = e.a_id AND r.b_id = e.b_id)
     """)
-    conn.execute("""
-        UPDATE identity.edges e
-        SET events = r.events, first_seen = r.first_seen, last_seen = r.last_seen,
-            first_day = r.first_day
-        FROM run_pairs r
-        WHERE e.a_id = r.a_id AND e.b_id = r.b_id
-          AND (e.events <> r.events OR e.first_seen IS DISTINCT FROM r.first_seen
-               OR e.last_seen IS DISTINCT FROM r.last_seen OR e.first_day <> r.first_day)
+    replace_rows(conn, "identity.edges", """
+        SELECT e.rowid AS _row,
+               e.* REPLACE (r.events AS events, r.first_seen AS first_seen,
+                            r.last_seen AS last_seen, r.first_day AS first_day)
+        FROM identity.edges e JOIN run_pairs r ON e.a_id = r.a_id AND e.b_id = r.b_id
+        WHERE e.events <> r.events OR e.first_seen IS DISTINCT FROM r.first_seen
+              OR e.last_seen IS DISTINCT FROM r.last_seen OR e.first_day <> r.first_day
     """)
     conn.execute("""
         CREATE OR REPLACE TEMP TABLE new_pairs AS
@@ -468,11 +501,12 @@ def _add_accumulated(conn: duckdb.DuckDBPyConnection) -> None:
         WHERE partition_date IN (SELECT partition_date FROM run_days)
         GROUP BY node_id
     """)
-    conn.execute("""
-        UPDATE identity.identifiers i
-        SET events = i.events + t.events, first_seen = least(i.first_seen, t.first_seen),
-            last_seen = greatest(i.last_seen, t.last_seen)
-        FROM node_totals t WHERE i.node_id = t.node_id
+    replace_rows(conn, "identity.identifiers", """
+        SELECT i.rowid AS _row,
+               i.* REPLACE (i.events + t.events AS events,
+                            least(i.first_seen, t.first_seen) AS first_seen,
+                            greatest(i.last_seen, t.last_seen) AS last_seen)
+        FROM identity.identifiers i JOIN node_totals t USING (node_id)
     """)
     conn.execute("""
         CREATE OR REPLACE TEMP TABLE run_pairs AS
@@ -487,12 +521,13 @@ def _add_accumulated(conn: duckdb.DuckDBPyConnection) -> None:
         SELECT r.* FROM run_pairs r
         ANTI JOIN identity.edges e ON e.a_id = r.a_id AND e.b_id = r.b_id
     """)
-    conn.execute("""
-        UPDATE identity.edges e
-        SET events = e.events + r.events, first_seen = least(e.first_seen, r.first_seen),
-            last_seen = greatest(e.last_seen, r.last_seen),
-            first_day = least(e.first_day, r.first_day)
-        FROM run_pairs r WHERE e.a_id = r.a_id AND e.b_id = r.b_id
+    replace_rows(conn, "identity.edges", """
+        SELECT e.rowid AS _row,
+               e.* REPLACE (e.events + r.events AS events,
+                            least(e.first_seen, r.first_seen) AS first_seen,
+                            greatest(e.last_seen, r.last_seen) AS last_seen,
+                            least(e.first_day, r.first_day) AS first_day)
+        FROM identity.edges e JOIN run_pairs r ON e.a_id = r.a_id AND e.b_id = r.b_id
     """)
     conn.execute(INSERT_EDGES_SQL.format(source="new_pairs"))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import duckdb
 
 from capi_pipeline.identity.rules import KINDS, GraphRules
+from capi_pipeline.identity.tables import replace_rows
 
 
 def update_events(conn: duckdb.DuckDBPyConnection, new_hubs: list[int], written: str) -> None:
@@ -52,11 +53,29 @@ def update_events(conn: duckdb.DuckDBPyConnection, new_hubs: list[int], written:
         UPDATE identity.event_visitors e SET anchor_node_id = a.anchor_node_id
         FROM run_anchors a WHERE e.rowid = a.row AND e.anchor_node_id <> a.anchor_node_id
     """)
+    # The days' own rows (new ones are still in the transaction's storage) are updated; an
+    # older row moves only when its anchor's visitor changed (a merge, a split, a new anchor):
+    # those are found over two narrow columns, then replaced whole by row id.
     conn.execute("""
         UPDATE identity.event_visitors e SET visitor_id = i.visitor_id
         FROM (SELECT node_id, visitor_id FROM identity.identifiers
               WHERE node_id IN (SELECT node_id FROM touched_nodes)) i
-        WHERE e.anchor_node_id = i.node_id AND e.visitor_id <> i.visitor_id
+        WHERE e.partition_date IN (SELECT partition_date FROM run_days)
+          AND e.anchor_node_id = i.node_id AND e.visitor_id <> i.visitor_id
+    """)
+    conn.execute("""
+        CREATE OR REPLACE TEMP TABLE moved_events AS
+        SELECT e.rowid AS row, i.visitor_id
+        FROM identity.event_visitors e
+        JOIN (SELECT node_id, visitor_id FROM identity.identifiers
+              WHERE node_id IN (SELECT node_id FROM node_changes
+                                UNION SELECT anchor_node_id FROM run_anchors)) i
+          ON e.anchor_node_id = i.node_id
+        WHERE e.visitor_id <> i.visitor_id
+    """)
+    replace_rows(conn, "identity.event_visitors", """
+        SELECT e.rowid AS _row, e.* REPLACE (m.visitor_id AS visitor_id)
+        FROM identity.event_visitors e JOIN moved_events m ON e.rowid = m.row
     """)
     conn.execute("""
         INSERT INTO affected_visitors
@@ -69,6 +88,14 @@ def update_events(conn: duckdb.DuckDBPyConnection, new_hubs: list[int], written:
         CREATE OR REPLACE TEMP TABLE extended_visitors AS
         SELECT DISTINCT visitor_id FROM identity.event_visitors
         WHERE {written} AND visitor_id NOT IN (SELECT visitor_id FROM affected_visitors)
+    """)
+    # Every event's visitor is now its anchor's, so the events of the affected visitors are
+    # those anchored on their identifiers: an integer lookup rather than a match of visitor ids
+    # over every event row.
+    conn.execute("""
+        CREATE OR REPLACE TEMP TABLE affected_nodes AS
+        SELECT node_id, visitor_id FROM identity.identifiers
+        WHERE visitor_id IN (SELECT visitor_id FROM affected_visitors)
     """)
 
 
@@ -105,7 +132,7 @@ WITH events AS (
     WHERE {which}
 ),
 identifier_counts AS (
-    SELECT visitor_id, count(*) AS identifiers FROM identity.identifiers
+    SELECT visitor_id, count(*) AS identifiers FROM {nodes}
     WHERE visitor_id IN (SELECT visitor_id FROM events) GROUP BY visitor_id
 ),
 -- Each value is the one at its latest non-empty time (_latest_value).
@@ -131,8 +158,9 @@ WITH events AS (
     WHERE {written}
     UNION
     SELECT e.rowid AS row, e.visitor_id, e.event_time, e.click_id
-    FROM identity.event_visitors e JOIN attributed_visitors a USING (visitor_id)
-    WHERE a.since IS NULL OR e.event_time >= a.since
+    FROM identity.event_visitors e JOIN attributed_nodes a ON a.node_id = e.anchor_node_id
+    WHERE (a.since IS NULL OR e.event_time >= a.since)
+      AND (NOT a.unclicked OR e.attributed_click_id IS NOT NULL)
 ),
 clicks AS (
     SELECT visitor_id, event_time AS click_time, click_id FROM identity.event_visitors
@@ -157,14 +185,30 @@ def attribute_clicks(conn: duckdb.DuckDBPyConnection, rules: GraphRules, written
     earlier run whose visitor is none of these keeps its own."""
     # Two plain selections rather than one OR of three lookups over every event row. `since`
     # NULL: every event of the visitor.
+    # An affected visitor whose profile (just rebuilt) has no click id has no click in any
+    # of its events: only its events still attributed to a click (a split, a deleted event)
+    # change, to none.
     conn.execute(f"""
         CREATE OR REPLACE TEMP TABLE attributed_visitors AS
-        SELECT DISTINCT visitor_id, NULL::TIMESTAMPTZ AS since FROM affected_visitors
+        SELECT a.visitor_id, NULL::TIMESTAMPTZ AS since, p.click_id IS NULL AS unclicked
+        FROM (SELECT DISTINCT visitor_id FROM affected_visitors) a
+        LEFT JOIN identity.visitor_profiles p USING (visitor_id)
         UNION ALL
-        SELECT visitor_id, min(event_time) FROM identity.event_visitors
+        SELECT visitor_id, min(event_time), false FROM identity.event_visitors
         WHERE {written} AND click_id IS NOT NULL
           AND visitor_id IN (SELECT visitor_id FROM extended_visitors)
         GROUP BY visitor_id
+    """)
+    # Their events are found through their identifiers (see affected_nodes).
+    conn.execute("""
+        CREATE OR REPLACE TEMP TABLE attributed_nodes AS
+        SELECT n.node_id, a.since, a.unclicked
+        FROM (SELECT node_id, visitor_id FROM affected_nodes
+              UNION ALL
+              SELECT node_id, visitor_id FROM identity.identifiers
+              WHERE visitor_id IN (SELECT visitor_id FROM attributed_visitors WHERE since
+                                   IS NOT NULL)) n
+        JOIN attributed_visitors a USING (visitor_id)
     """)
     conn.execute(ATTRIBUTION_SQL.replace("{written}", written),
                  {"window_days": rules.attribution_window_days})
@@ -217,9 +261,11 @@ def refresh_profiles(conn: duckdb.DuckDBPyConnection, written: str) -> None:
         WHERE visitor_id IN (SELECT visitor_id FROM affected_visitors)
     """)
     conn.execute("INSERT INTO identity.visitor_profiles BY NAME " + PROFILES_SQL.format(
-        which="visitor_id IN (SELECT visitor_id FROM affected_visitors)"))
+        which="anchor_node_id IN (SELECT node_id FROM affected_nodes)", nodes="affected_nodes"))
+    # (An extended visitor keeps its identifiers count: no identifiers to count.)
     conn.execute("CREATE OR REPLACE TEMP TABLE day_profiles AS " + PROFILES_SQL.format(
-        which=written + " AND visitor_id IN (SELECT visitor_id FROM extended_visitors)"))
+        which=written + " AND visitor_id IN (SELECT visitor_id FROM extended_visitors)",
+        nodes="(SELECT NULL::VARCHAR AS visitor_id WHERE false)"))
     # Replaced as whole rows rather than updated column by column: an UPDATE of every column
     # of rows spread over the table makes the commit rewrite the whole table's columns.
     conn.execute(_merged_profiles_sql())
@@ -231,10 +277,11 @@ def refresh_profiles(conn: duckdb.DuckDBPyConnection, written: str) -> None:
 
 
 def write_refused_edges(conn: duckdb.DuckDBPyConnection) -> None:
-    conn.execute("DELETE FROM identity.refused_edges")
+    """The list of refused edges, with only its differences written (most days add a few)."""
     conn.execute("""
-        INSERT INTO identity.refused_edges
-        SELECT e.node_a, e.node_b, coalesce(e.refused_reason, ha.hub_reason, hb.hub_reason),
+        CREATE OR REPLACE TEMP TABLE run_refused AS
+        SELECT e.node_a, e.node_b,
+               coalesce(e.refused_reason, ha.hub_reason, hb.hub_reason) AS reason,
                e.events
         FROM identity.edges e
         LEFT JOIN (SELECT node_id, hub_reason FROM identity.identifiers
@@ -242,4 +289,15 @@ def write_refused_edges(conn: duckdb.DuckDBPyConnection) -> None:
         LEFT JOIN (SELECT node_id, hub_reason FROM identity.identifiers
                    WHERE hub_reason IS NOT NULL) hb ON hb.node_id = e.b_id
         WHERE e.refused_reason IS NOT NULL OR ha.node_id IS NOT NULL OR hb.node_id IS NOT NULL
+    """)
+    conn.execute("""
+        DELETE FROM identity.refused_edges r WHERE NOT EXISTS (
+            SELECT 1 FROM run_refused n WHERE n.node_a = r.node_a AND n.node_b = r.node_b
+                AND n.reason = r.reason AND n.events = r.events)
+    """)
+    conn.execute("""
+        INSERT INTO identity.refused_edges
+        SELECT * FROM run_refused n
+        ANTI JOIN identity.refused_edges r ON n.node_a = r.node_a AND n.node_b = r.node_b
+            AND n.reason = r.reason AND n.events = r.events
     """)
