@@ -94,6 +94,12 @@ CREATE OR REPLACE TEMP MACRO capi_time_of(x, n) AS (
     CASE WHEN n IS NULL THEN capi_iso_time(x)
          WHEN contains(x, '.') THEN try_cast(make_timestamp(n::BIGINT) AS TIMESTAMPTZ)
          ELSE try_cast(make_timestamp(capi_epoch_us(n)::BIGINT) AS TIMESTAMPTZ) END);
+-- A JSON object's text with one more member in front, unless it has that key already (`keys`,
+-- its own) or there is no value to add: how a Segment batch's times join its messages.
+CREATE OR REPLACE TEMP MACRO capi_with_member(o, name, value, keys) AS (
+    CASE WHEN value IS NULL OR list_contains(keys, name) THEN o
+         WHEN o = '{{}}' THEN '{{"' || name || '":' || value || '}}'
+         ELSE '{{"' || name || '":' || value || ',' || o[2:] END);
 CREATE OR REPLACE TEMP MACRO capi_in_window(t) AS (
     t >= TIMESTAMPTZ '1990-01-01 00:00:00+00' AND t < TIMESTAMPTZ '2101-01-01 00:00:00+00');
 """
@@ -124,22 +130,15 @@ batch_messages AS (
 batch_keyed AS (
     SELECT *, json_keys(message) AS keys FROM batch_messages WHERE starts_with(message, '{{')
 ),
-batch_received AS (
-    SELECT * EXCLUDE (message),
-        CASE WHEN shared_received IS NULL OR list_contains(keys, 'receivedAt') THEN message
-             WHEN message = '{{}}' THEN '{{"receivedAt":' || shared_received || '}}'
-             ELSE '{{"receivedAt":' || shared_received || ',' || message[2:] END AS message
-    FROM batch_keyed
-),
 batch_bodies AS (
     SELECT line_no, is_envelope, raw_received_at, envelope_ip, envelope_user_agent,
            envelope_store, topic, msg_index, n_messages, merged AS body,
            json_transform(merged, '{BODY_STRUCTURE}') AS b
-    FROM (SELECT *,
-              CASE WHEN shared_sent IS NULL OR list_contains(keys, 'sentAt') THEN message
-                   WHEN message = '{{}}' THEN '{{"sentAt":' || shared_sent || '}}'
-                   ELSE '{{"sentAt":' || shared_sent || ',' || message[2:] END AS merged
-          FROM batch_received)
+    -- One member at a time: a macro repeats its argument.
+    FROM (SELECT *, capi_with_member(received, 'sentAt', shared_sent, keys) AS merged
+          FROM (SELECT *, capi_with_member(message, 'receivedAt', shared_received, keys)
+                          AS received
+                FROM batch_keyed))
 ),
 """
 _SINGLE_CTES = """
