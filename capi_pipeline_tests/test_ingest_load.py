@@ -12,7 +12,9 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import orjson
+import pyarrow as pa
 import pytest
 
 from capi_pipeline.demo.generate import generate
@@ -270,6 +272,74 @@ def test_fast_path_matches_the_parser_on_odd_envelope_bodies(conn, tmp_path):
     loaded = _loaded_rows(conn)
     for number, raw in enumerate(lines, start=1):
         assert loaded.get(number, []) == _parser_rows(raw), number
+
+
+def test_an_envelope_body_is_cut_from_the_line_only_where_it_is_the_body(conn, tmp_path):
+    """The reader proposes a compact envelope's last `"body":{...}` as the body without
+    parsing the line; the fast path takes it only if the text before it and the value both
+    parse. Every line whose `"body"` is not simply the last member must still load (or be
+    rejected) as the Python parser says, and a taken cut keeps the body as it was written."""
+    pixel = _pixel("p-1", "2026-12-02T10:00:00Z", data={"price": 1.5}).replace(
+        b'"price":1.5', b'"price":1.50')
+    head = b'{"received_at":"2026-12-02T10:00:01Z","ip":"203.0.113.9"'
+    lines = [
+        head + b',"body":' + pixel + b"}",  # the plain case: cut
+        head + b',"body":' + pixel + b',"user_agent":"Mozilla/5.0"}',  # not the last member
+        head + b',"body":{"id":"x"},"extra":' + pixel + b"}",  # a value after the body
+        head + b',"body":"x","body":' + pixel + b"}",  # a duplicate key before it
+        b'{"received_at":"2026-12-02T10:00:01Z","user_agent":"a \\"body\\":{ b","body":'
+        + pixel + b"}",  # the word inside a string first
+        b'{"received_at": "2026-12-02T10:00:01Z", "body": ' + pixel + b"}",  # not compact
+        head + b',,"body":' + pixel + b"}",  # not JSON before the body
+        head + b',"body":' + pixel[:-2] + b'"\xff"}}',  # bad UTF-8 in the body
+        head + b',"body":' + pixel + b"}\r",  # a carriage return before the line feed
+        b'{"x":1,"body":' + pixel + b"}",  # a bare event with a body field: no envelope
+        head + b',"body":{"id":"p-2"}}',  # a body too short to cut (12 bytes or fewer)
+        head + b',"body":' + pixel + b"} ",  # whitespace after the envelope
+    ]
+    _write(tmp_path / "l" / "cuts.ndjson", lines)
+    (result,) = _sync(conn, tmp_path / "l")
+    assert result.lines_read == result.lines_accepted + result.lines_rejected == len(lines)
+    loaded = _loaded_rows(conn)
+    for number, raw in enumerate(lines, start=1):
+        assert loaded.get(number, []) == _parser_rows(raw), number
+    # The cut body is the line's own text (a re-serialization would write 1.5).
+    (body,) = conn.execute("SELECT body FROM raw.events WHERE line_no = 1").fetchone()
+    assert body == pixel.decode() and '"price":1.50}' in body
+    assert result.fast_lines >= 5
+
+
+def test_a_cut_body_is_what_reading_the_whole_line_gives(conn, tmp_path, monkeypatch):
+    """DuckDB's JSON reader allows a trailing comma and NaN or Infinity, which the Python
+    parser rejects; a bare line with them was always taken as DuckDB reads it. A cut
+    envelope body must give the rows that reading the whole envelope line gives (the body
+    then re-serialized, the cut keeping the text as written)."""
+    from capi_pipeline.ingest import load
+
+    pixel = _pixel("p-1", "2026-12-02T10:00:00Z", data={"a": [1, 2]})
+    head = b'{"received_at":"2026-12-02T10:00:01Z","ip":"203.0.113.9","body":'
+    lines = [head + pixel[:-1] + b",}}", head + pixel.replace(b"[1,2]", b"[1,2,]") + b"}",
+             head + pixel.replace(b"[1,2]", b"[NaN,-Infinity]") + b"}", head + pixel + b"}"]
+    _write(tmp_path / "l" / "lenient.ndjson", lines)
+
+    def rows(folder: str, cut: bool) -> list[tuple]:
+        db = duckdb.connect(str(tmp_path / f"{folder}.duckdb"))
+        ensure_schema(db)
+        if not cut:
+            monkeypatch.setattr(load, "_envelope_cuts", lambda data, offsets, candidate: (
+                np.zeros(len(offsets) - 1, dtype=bool),
+                *[pa.nulls(len(offsets) - 1, pa.binary_view())] * 2))
+        (result,) = _sync(db, tmp_path / "l")
+        monkeypatch.undo()
+        found = db.execute(
+            "SELECT line_no, source_event_id, event_time, envelope_ip, json(body)::VARCHAR "
+            "FROM raw.events ORDER BY line_no").fetchall()
+        db.close()
+        return result.fast_lines, found
+
+    cut_fast, cut_rows = rows("cut", cut=True)
+    whole_fast, whole_rows = rows("whole", cut=False)
+    assert cut_rows == whole_rows and len(cut_rows) == len(lines) == cut_fast == whole_fast
 
 
 def _segment(message_id: str | None, timestamp, **extra) -> dict:

@@ -155,27 +155,50 @@ def _fast_sql(batches: bool) -> str:
             .replace("{extra}", extra))
 
 
+_ENVELOPE_STRUCTURE = _structure(_ENVELOPE_FIELDS, {})
+_ENVELOPE_SEEN = " OR ".join(f"{{e}}.{name} IS NOT NULL" for name in _ENVELOPE_FIELDS[:5])
+
 _FAST_HEAD = f"""
-WITH parsed AS (
+WITH cuts AS (
+    -- An envelope the reader cut in two (`load._envelope_cuts`: the text up to its last
+    -- member's `"body":`, and that member's object value). The cut is the body if the text
+    -- before it, closed with `null}}`, parses as an object and the value parses too: the
+    -- line is then the first part, a complete value and the closing brace, so it is valid
+    -- JSON and the value is its body's, as reading the whole line would find. The body is
+    -- then kept as it was written, without the cost of re-serializing it out of the line.
+    SELECT line_no, line, e, cut_text,
+           CASE WHEN cut_text IS NOT NULL AND ({_ENVELOPE_SEEN.format(e="e")})
+                THEN try(json_transform(cut_text, '{BODY_STRUCTURE}')) END AS cut_b
+    FROM (SELECT line_no, line,
+                 CASE WHEN has_cut THEN try(json_transform(decode(cut_prefix) || 'null}}',
+                                                           '{_ENVELOPE_STRUCTURE}')) END AS e,
+                 CASE WHEN has_cut THEN try(decode(cut_body)) END AS cut_text
+          FROM chunk_lines WHERE fast_candidate)
+),
+parsed AS (
     -- try(): a line that is not JSON gives a NULL parse (and goes to the Python parser) at
     -- the cost of one parse, where json_valid first would be a second.
     -- The body's text is read only where an envelope field says the line is an envelope.
-    SELECT line_no, text, v,
-           CASE WHEN v IS NOT NULL AND (v.received_at IS NOT NULL OR v.ip IS NOT NULL
-                    OR v.user_agent IS NOT NULL OR v.topic IS NOT NULL
-                    OR v.shop_domain IS NOT NULL)
+    SELECT line_no, text, v, cut_b, e,
+           CASE WHEN cut_b IS NOT NULL THEN cut_text
+                WHEN v IS NOT NULL AND ({_ENVELOPE_SEEN.format(e="v")})
                 THEN nullif(json_extract(text, '$.body')::VARCHAR, 'null') END AS body_json
-    FROM (SELECT line_no, text, try(json_transform(text, '{LINE_STRUCTURE}')) AS v
-          FROM (SELECT line_no, try(decode(line)) AS text FROM chunk_lines
-                WHERE fast_candidate)
-          WHERE starts_with(text, '{{'))
+    FROM (SELECT line_no, text, cut_b, e, cut_text,
+                 CASE WHEN cut_b IS NULL THEN try(json_transform(text, '{LINE_STRUCTURE}'))
+                      END AS v
+          FROM (SELECT line_no, cut_b, e, cut_text,
+                       CASE WHEN cut_b IS NULL THEN try(decode(line)) END AS text
+                FROM cuts)
+          WHERE cut_b IS NOT NULL OR starts_with(text, '{{'))
 ),
 enveloped AS (
-    SELECT line_no, text, v, body_json,
-           body_json IS NOT NULL AND (v.received_at IS NOT NULL OR v.ip IS NOT NULL
-               OR v.user_agent IS NOT NULL OR v.topic IS NOT NULL OR v.shop_domain IS NOT NULL)
+    SELECT line_no, text, v, body_json, cut_b,
+           CASE WHEN cut_b IS NOT NULL THEN e
+                ELSE struct_pack({", ".join(f"{n} := v.{n}" for n in _ENVELOPE_FIELDS)}) END
+               AS env,
+           cut_b IS NOT NULL OR (body_json IS NOT NULL AND ({_ENVELOPE_SEEN.format(e="v")}))
                AS is_envelope
-    FROM parsed WHERE v IS NOT NULL
+    FROM parsed WHERE v IS NOT NULL OR cut_b IS NOT NULL
 ),
 unwrapped AS (
     SELECT *,
@@ -185,19 +208,21 @@ unwrapped AS (
                   CASE WHEN ends_with(text, chr(13) || chr(10)) THEN text[:-3]
                        WHEN ends_with(text, chr(10)) OR ends_with(text, chr(13)) THEN text[:-2]
                        ELSE text END
+             WHEN cut_b IS NOT NULL THEN body_json
              WHEN starts_with(body_json, '"') THEN body_json ->> '$'
              ELSE body_json END AS body
     FROM enveloped
 ),
 bodies AS (
     SELECT line_no, is_envelope, body,
-           CASE WHEN is_envelope THEN v.received_at END AS raw_received_at,
-           CASE WHEN is_envelope THEN capi_clean(v.ip) END AS envelope_ip,
-           CASE WHEN is_envelope THEN capi_clean(v.user_agent) END AS envelope_user_agent,
-           CASE WHEN is_envelope THEN coalesce(capi_clean(v.shop_domain), capi_clean(v.store))
+           CASE WHEN is_envelope THEN env.received_at END AS raw_received_at,
+           CASE WHEN is_envelope THEN capi_clean(env.ip) END AS envelope_ip,
+           CASE WHEN is_envelope THEN capi_clean(env.user_agent) END AS envelope_user_agent,
+           CASE WHEN is_envelope THEN coalesce(capi_clean(env.shop_domain), capi_clean(env.store))
                 END AS envelope_store,
-           CASE WHEN is_envelope THEN capi_clean(v.topic) END AS topic,
-           CASE WHEN NOT is_envelope
+           CASE WHEN is_envelope THEN capi_clean(env.topic) END AS topic,
+           CASE WHEN cut_b IS NOT NULL THEN cut_b
+                WHEN NOT is_envelope
                 THEN struct_pack({", ".join(f'"{n}" := v."{n}"' for n in _SHAPE_FIELDS)},
                                  line_items := v.line_items, batch := v.batch)
                 WHEN starts_with(body_json, '{{') THEN v.body

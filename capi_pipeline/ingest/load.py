@@ -341,7 +341,8 @@ def _load_lines(conn, landed: LandedFile, file_id: str, hasher, now: datetime,
         numbers = np.arange(line_no + 1, line_no + count + 1, dtype=np.int64)
         chunk_lines = pa.Table.from_batches(  # noqa: F841 - read by name in FAST_SQL
             pa.table({"line_no": numbers, "line": block.lines,
-                      "fast_candidate": block.candidate})
+                      "fast_candidate": block.candidate, "has_cut": block.has_cut,
+                      "cut_prefix": block.cut_prefix, "cut_body": block.cut_body})
             .to_batches(max_chunksize=SCAN_BATCH_ROWS))
         conn.register("chunk_lines", chunk_lines)
         params = [file_id, landed.name, now, skew_us]
@@ -406,6 +407,9 @@ def _load_batches(conn, block: "_LineBlock", indexes: np.ndarray, first: int,
         "line_no": pa.array(indexes + first, pa.int64()),
         "line": pa.array(lines, pa.binary()),
         "fast_candidate": pa.array(np.ones(len(lines), dtype=bool)),
+        "has_cut": pa.array(np.zeros(len(lines), dtype=bool)),
+        "cut_prefix": pa.nulls(len(lines), pa.binary_view()),
+        "cut_body": pa.nulls(len(lines), pa.binary_view()),
     })
     conn.register("chunk_lines", chunk_lines)
     try:
@@ -452,6 +456,71 @@ class _LineBlock:
     offsets: np.ndarray  # line i is data[offsets[i]:offsets[i + 1]]
     lines: pa.Array  # the same lines as an Arrow binary array, without a copy
     candidate: np.ndarray  # short enough for the SQL fast path
+    has_cut: np.ndarray  # an envelope whose body could be cut out of the line (below)
+    cut_prefix: pa.Array  # the line up to the body's value, as views into `data`
+    cut_body: pa.Array  # the body's value, as views into `data`
+
+
+_BODY_KEY = b'"body"'
+# Both parts of a cut are at least this long, so that every view points into the block (an
+# Arrow view of up to 12 bytes holds its bytes itself).
+_VIEW_INLINE = 12
+
+
+def _envelope_cuts(data: bytes, offsets: np.ndarray,
+                   candidate: np.ndarray) -> tuple[np.ndarray, pa.Array, pa.Array]:
+    """Where a line looks like a compact envelope whose last member is an object `"body"`:
+    `{...,"body":{...}}`. Such a line is handed to SQL as two views into the block, the text
+    before the body's value and the value itself, so that the fast path reads the body as it
+    was written rather than re-serializing it out of the parsed line (which cost as much as
+    the parse). A cut is only a proposal: the fast path takes it only if both parts parse
+    (`fastpath.FAST_SQL`, which says why that proves the cut), and reads the line whole
+    otherwise. The first `"body"` of the line must be the key: any earlier one (a duplicate
+    key, or the word inside a string) leaves the line to the whole-line reading."""
+    count = len(offsets) - 1
+    has_cut = np.zeros(count, dtype=bool)
+    prefix_views = np.zeros((count, 4), dtype=np.int32)
+    body_views = np.zeros((count, 4), dtype=np.int32)
+    found = []
+    at = data.find(_BODY_KEY)
+    while at >= 0:  # the first `"body"` of each line that has one
+        found.append(at)
+        end = data.find(b"\n", at)
+        at = data.find(_BODY_KEY, end) if end >= 0 else -1
+    if found:
+        key = np.array(found, dtype=np.int64)
+        lines = np.searchsorted(offsets, key, side="right") - 1
+        starts = offsets[lines].astype(np.int64)
+        ends = offsets[lines + 1].astype(np.int64)
+        byte = np.frombuffer(data, dtype=np.uint8)
+        last = len(byte) - 1
+        # The line without its line end: a line feed, and a carriage return before it.
+        stop = np.where(byte[ends - 1] == 10, ends - 1, ends)
+        stop = np.where((stop > starts) & (byte[np.clip(stop - 1, 0, last)] == 13),
+                        stop - 1, stop)
+        value = key + 7  # after `"body":`
+        ok = ((key > starts) & (value + _VIEW_INLINE < stop - 1) & candidate[lines]
+              & (byte[starts] == ord("{"))
+              & (byte[np.clip(key - 1, 0, last)] == ord(","))
+              & (byte[np.clip(key + 6, 0, last)] == ord(":"))
+              & (byte[np.clip(value, 0, last)] == ord("{"))
+              & (byte[np.clip(stop - 1, 0, last)] == ord("}"))
+              & (byte[np.clip(stop - 2, 0, last)] == ord("}"))
+              & (value - starts > _VIEW_INLINE))
+        lines, starts, value, stop = lines[ok], starts[ok], value[ok], stop[ok]
+        has_cut[lines] = True
+        for views, begin, end in ((prefix_views, starts, value), (body_views, value, stop - 1)):
+            views[lines, 0] = end - begin
+            # An Arrow view repeats the first four bytes of its value.
+            views[lines, 1] = np.ascontiguousarray(
+                byte[begin[:, None] + np.arange(4)]).view(np.int32).ravel()
+            views[lines, 3] = begin  # buffer 0: the block itself
+    buffer = pa.py_buffer(data)
+    prefix = pa.Array.from_buffers(pa.binary_view(), count,
+                                   [None, pa.py_buffer(prefix_views), buffer])
+    body = pa.Array.from_buffers(pa.binary_view(), count,
+                                 [None, pa.py_buffer(body_views), buffer])
+    return has_cut, prefix, body
 
 
 def _line_blocks(landed: LandedFile, hasher) -> Iterator[_LineBlock]:
@@ -467,7 +536,8 @@ def _line_blocks(landed: LandedFile, hasher) -> Iterator[_LineBlock]:
         lines = pa.Array.from_buffers(
             pa.binary(), len(ends), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
         candidate = np.diff(offsets) <= MAX_LINE_BYTES + 2
-        yield _LineBlock(data, offsets, lines, candidate)
+        yield _LineBlock(data, offsets, lines, candidate,
+                         *_envelope_cuts(data, offsets, candidate))
 
 
 _DONE = object()
