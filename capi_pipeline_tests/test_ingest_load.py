@@ -210,6 +210,31 @@ def test_each_kind_of_bad_line_is_rejected_with_its_reason_and_first_bytes(conn,
     assert len(rows[-1][2]) == 200
 
 
+def test_the_length_limit_and_fractional_epochs_are_the_parsers_on_the_fast_path(
+        conn, tmp_path):
+    """Found by trying the fast path with bad input: a line of one byte over the limit with a
+    bare line feed was taken by the fast path, and epoch seconds with a fraction overflowed
+    a decimal there, which failed the whole file."""
+    def sized(size: int) -> bytes:
+        line = _pixel(f"e-{size}", "2026-12-01T10:00:00Z", pad="")
+        return line.replace(b'"pad":""', b'"pad":"' + b"a" * (size - len(line)) + b'"')
+
+    lines = [sized(1_000_000), sized(1_000_001), sized(999_999) + b"\r",
+             sized(1_000_000) + b"\r", _pixel("e-f", 1764669600.5), _pixel("e-g", 1764669600),
+             _pixel("e-h", "1764669600.123456")]
+    _write(tmp_path / "l" / "edges.ndjson", lines)
+    (result,) = _sync(conn, tmp_path / "l")
+    assert result.lines_read == result.lines_accepted + result.lines_rejected == len(lines)
+    loaded = _loaded_rows(conn)
+    for number, raw in enumerate(lines, start=1):
+        assert loaded.get(number, []) == _parser_rows(raw.removesuffix(b"\r")), number
+    outcome = dict(conn.execute("SELECT line_no, reason FROM raw.rejected_lines").fetchall())
+    assert outcome == {2: "line_too_long"}
+    times = dict(conn.execute("SELECT source_event_id, event_time FROM raw.events").fetchall())
+    assert times["e-f"] == datetime(2025, 12, 2, 10, 0, 0, 500000, tzinfo=UTC)
+    assert times["e-h"] == datetime(2025, 12, 2, 10, 0, 0, 123456, tzinfo=UTC)
+
+
 def _parser_rows(raw: bytes) -> list[tuple]:
     """What the Python parser alone makes of a line, in raw.events terms."""
     rows = []

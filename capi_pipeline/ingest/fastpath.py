@@ -87,8 +87,10 @@ CREATE OR REPLACE TEMP MACRO capi_epoch_flag(x, n) AS (
 CREATE OR REPLACE TEMP MACRO capi_epoch_number(x) AS (
     CASE WHEN x IS NULL OR strlen(x) > 24 OR x[5] = '-' OR NOT (x[1] BETWEEN '0' AND '9')
          THEN NULL
-         WHEN contains(x, '.') THEN CASE WHEN try_cast(x AS DECIMAL(18, 6)) < 100000000000
-              THEN try_cast(floor(try_cast(x AS DECIMAL(18, 6)) * 1000000) AS HUGEINT) END
+         -- DECIMAL(38, 6): the microseconds of a DECIMAL(18, 6) overflowed it, an error
+         -- that try_cast does not catch (a whole file failed on one such time).
+         WHEN contains(x, '.') THEN CASE WHEN try_cast(x AS DECIMAL(38, 6)) < 100000000000
+              THEN try_cast(floor(try_cast(x AS DECIMAL(38, 6)) * 1000000) AS HUGEINT) END
          ELSE try_cast(x AS HUGEINT) END);
 CREATE OR REPLACE TEMP MACRO capi_time_of(x, n) AS (
     CASE WHEN n IS NULL THEN capi_iso_time(x)

@@ -535,9 +535,20 @@ def _line_blocks(landed: LandedFile, hasher) -> Iterator[_LineBlock]:
         # decode there and go to the Python parser, which rejects them with their reason.
         lines = pa.Array.from_buffers(
             pa.binary(), len(ends), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
-        candidate = np.diff(offsets) <= MAX_LINE_BYTES + 2
+        candidate = _short_enough(data, offsets)
         yield _LineBlock(data, offsets, lines, candidate,
                          *_envelope_cuts(data, offsets, candidate))
+
+
+def _short_enough(data: bytes, offsets: np.ndarray) -> np.ndarray:
+    """The lines within the parser's length limit once their line end (a line feed, and a
+    carriage return before it) is off, as the parser measures them."""
+    lengths = np.diff(offsets)
+    short = lengths <= MAX_LINE_BYTES
+    for index in np.flatnonzero(~short & (lengths <= MAX_LINE_BYTES + 2)):
+        line = data[offsets[index]:offsets[index + 1]].removesuffix(b"\n").removesuffix(b"\r")
+        short[index] = len(line) <= MAX_LINE_BYTES
+    return short
 
 
 _DONE = object()
