@@ -351,7 +351,7 @@ def _sql_list(values) -> str:
 # The new days' event rows, as identity.event_visitors keeps them (visitor and attribution to
 # be decided).
 EVENT_ROWS_SQL = """
-SELECT e.event_key, e.partition_date, '' AS visitor_id, e.event_time, n.node_ids,
+SELECT e.ev AS _ev, e.event_key, e.partition_date, '' AS visitor_id, e.event_time, n.node_ids,
        n.first_node AS anchor_node_id, e.action_source, e.email, e.phone, e.first_name,
        e.last_name, e.city, e.state, e.zip, e.country, e.customer_id, e.ip,
        e.user_agent, e.click_id, e.gender, e.date_of_birth, e.advertising_id
@@ -406,7 +406,7 @@ def _replace_days(conn: duckdb.DuckDBPyConnection, keep_unchanged: bool) -> str:
             SELECT DISTINCT visitor_id FROM identity.event_visitors WHERE {RUN_DAYS}
         """)
         conn.execute(f"DELETE FROM identity.event_visitors WHERE {RUN_DAYS}")
-        conn.execute("INSERT INTO identity.event_visitors BY NAME " + EVENT_ROWS_SQL)
+        conn.execute("CREATE OR REPLACE TEMP TABLE run_inserts AS " + EVENT_ROWS_SQL)
         return RUN_DAYS
     conn.execute("CREATE OR REPLACE TEMP TABLE run_event_rows AS " + EVENT_ROWS_SQL)
     # The events (day, key) that differ between the rows kept and the rows read, either way.
@@ -425,10 +425,11 @@ def _replace_days(conn: duckdb.DuckDBPyConnection, keep_unchanged: bool) -> str:
         SELECT DISTINCT visitor_id FROM identity.event_visitors WHERE {WRITTEN}
     """)
     conn.execute(f"DELETE FROM identity.event_visitors WHERE {WRITTEN}")
-    conn.execute("INSERT INTO identity.event_visitors BY NAME SELECT * FROM run_event_rows "
+    conn.execute("CREATE OR REPLACE TEMP TABLE run_inserts AS SELECT * FROM run_event_rows "
                  "WHERE (partition_date, event_key) IN "
                  "(SELECT partition_date, event_key FROM run_written)")
     return WRITTEN
+
 
 
 # --- the accumulated graph --------------------------------------------------------------------
