@@ -528,3 +528,41 @@ def test_incremental_days_end_as_one_full_computation_over_the_same_history():
     # The merged visitor's checkout is attributed to the click of a's landing page.
     ann = graph.profile(graph.visitor("client:a1"))
     assert (ann["identifiers"], ann["first_name"], ann["click_id"]) == (6, "Ann", EPIK)
+
+
+def test_merged_profiles_combined_from_old_profiles_match_a_rebuild_from_every_event():
+    """An incremental merge combines the joined visitors' profiles with the day's events
+    instead of rereading their events: three visitors joined at once by a late event (older
+    than what their profiles hold), an address and a web fact each taken whole from one
+    event, a visitor made of new identifiers only, one that only gains events. Every profile
+    ends as a full computation, which rebuilds each from all its events, gives it."""
+    graph = Graph()
+    graph.stage(0, hour=20, client_id="c1", email="x@example.com", city="Paris", country="FR",
+                ip="203.0.113.1")
+    graph.stage(0, hour=10, client_id="c2", phone="+14155550111", first_name="Bo",
+                zip="94110", action_source="app", ip="203.0.113.2")
+    graph.stage(0, hour=5, client_id="c3", customer_id="cu3", last_name="Ng", click_id=EPIK)
+    graph.stage(0, hour=8, client_id="c9", email="nine@example.com")
+    assert graph.run()["full_recompute"] == 1
+    # Day 1: one late event (its time before every day-0 event) joins c1, c2 and c3.
+    graph.stage(1, hour=-40, client_id="c1", phone="+14155550111", customer_id="cu3",
+                first_name="Late", city="Lyon", ip="198.51.100.9", click_id="clk-late")
+    graph.stage(1, hour=3, client_id="c2", gender="f", user_agent="Other/1.0")
+    graph.stage(1, hour=2, client_id="n1", email="new@example.com", state="CA")
+    graph.stage(1, hour=4, client_id="c9", first_name="Nina")
+    stats = graph.run()
+    assert (stats["full_recompute"], stats["new_hubs"], stats["visitors_merged"]) == (0, 0, 2)
+
+    merged = graph.profile(graph.visitor("client:c1"))
+    assert (merged["identifiers"], merged["events"]) == (6, 5)
+    assert (merged["first_name"], merged["last_name"], merged["gender"]) == ("Bo", "Ng", "f")
+    assert (merged["city"], merged["zip"], merged["country"]) == ("Paris", None, "FR")
+    # The web fact is the latest web event's (c2's of day 1), the click id the latest click.
+    assert (merged["click_id"], merged["ip"], merged["user_agent"]) == (
+        EPIK, "203.0.113.7", "Other/1.0")
+
+    fresh = Graph()
+    staged = graph.conn.sql("SELECT * FROM staging.events").arrow()  # noqa: F841
+    fresh.conn.execute("INSERT INTO staging.events SELECT * FROM staged")
+    assert fresh.run()["full_recompute"] == 1
+    assert profiles_by_identifiers(fresh) == profiles_by_identifiers(graph)

@@ -229,7 +229,7 @@ def _apply(conn: duckdb.DuckDBPyConnection, rules: GraphRules, plan: RunPlan,
     clock.done("visitor ids and id map")
     update_events(conn, new_hubs, written)
     clock.done("events' visitors")
-    refresh_profiles(conn, written)
+    refresh_profiles(conn, written, combine=not plan.full and not new_hubs)
     clock.done("profiles")
     attribute_clicks(conn, rules, written)
     clock.done("click attribution")

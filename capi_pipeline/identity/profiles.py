@@ -267,20 +267,97 @@ def _merged_profiles_sql() -> str:
     )
 
 
-def refresh_profiles(conn: duckdb.DuckDBPyConnection, written: str) -> None:
+def _combined_profiles_sql() -> str:
+    """Each merged visitor's profile from the profiles of the visitors it joined and the days'
+    latest values of its own events: per field the value with the latest time (arg_max skips
+    the parts without one), counts summed, identifiers counted over its component."""
+    fields = [
+        f"arg_max({field}, {seen}) AS {field}"
+        for field, seen in LATEST_FIELDS.items()
+        if field not in ADDRESS and field not in WEB
+    ]
+    fields += [
+        "arg_max({" + ", ".join(f"'{f}': {f}" for f in ADDRESS) + "}, address_seen_at) AS address",
+        "arg_max({" + ", ".join(f"'{f}': {f}" for f in WEB) + "}, web_seen_at) AS web",
+    ]
+    times = [f"max({seen}) AS {seen}"
+             for seen in dict.fromkeys([*LATEST_FIELDS.values(), "name_seen_at"])]
+    return f"""
+CREATE OR REPLACE TEMP TABLE combined_profiles AS
+WITH parts AS (
+    SELECT m.visitor_id AS into_id, p.* EXCLUDE (visitor_id)
+    FROM identity.visitor_profiles p JOIN combined_ids m ON m.old_visitor_id = p.visitor_id
+    UNION ALL BY NAME
+    SELECT visitor_id AS into_id, * EXCLUDE (visitor_id) FROM day_profiles
+    WHERE visitor_id IN (SELECT visitor_id FROM combined_ids)
+),
+latest AS (
+    SELECT into_id AS visitor_id, sum(events) AS events, min(first_seen) AS first_seen,
+           max(last_seen) AS last_seen, {", ".join(fields + times)}
+    FROM parts GROUP BY into_id
+)
+SELECT l.* EXCLUDE (address, web), c.identifiers,
+       {", ".join(f"l.address.{f} AS {f}" for f in ADDRESS)},
+       {", ".join(f"l.web.{f} AS {f}" for f in WEB)}
+FROM latest l JOIN combined_sizes c USING (visitor_id)
+"""
+
+
+ADDRESS = ("city", "state", "zip", "country")
+WEB = ("ip", "user_agent")
+
+
+def refresh_profiles(conn: duckdb.DuckDBPyConnection, written: str, combine: bool) -> None:
     """Rebuild the profiles of the visitors whose identifiers or events changed (on a full
     recompute too, so an unchanged visitor's profile is not rewritten), and extend those of
-    visitors that only gained events."""
+    visitors that only gained events.
+
+    With `combine` (an incremental run that found no hub: visitors only merged or grew), a
+    changed visitor's profile is combined from the profiles of the visitors it joined and the
+    days' own events, instead of being rebuilt from all its events: every event kept belongs
+    to one of those visitors, whose profile holds its latest values.
+    """
+    rebuilt = "affected_nodes"
+    if combine:
+        # The visitors of the changed components, each with the old visitors it joined.
+        conn.execute("""
+            CREATE OR REPLACE TEMP TABLE combined_ids AS
+            SELECT DISTINCT c.visitor_id, n.old_visitor_id
+            FROM node_components n JOIN component_ids c USING (component)
+            WHERE c.visitor_id IN (SELECT visitor_id FROM affected_visitors)
+        """)
+        conn.execute("""
+            CREATE OR REPLACE TEMP TABLE combined_sizes AS
+            SELECT c.visitor_id, count(*) AS identifiers
+            FROM node_components n JOIN component_ids c USING (component)
+            WHERE c.visitor_id IN (SELECT visitor_id FROM combined_ids)
+            GROUP BY c.visitor_id
+        """)
+        # Any other changed visitor (none is expected) is rebuilt from its events.
+        conn.execute("""
+            CREATE OR REPLACE TEMP TABLE rebuilt_nodes AS
+            SELECT * FROM affected_nodes WHERE visitor_id NOT IN (
+                SELECT visitor_id FROM combined_ids UNION SELECT old_visitor_id FROM combined_ids)
+        """)
+        rebuilt = "rebuilt_nodes"
+    # (An extended visitor keeps its identifiers count: no identifiers to count.)
+    conn.execute("CREATE OR REPLACE TEMP TABLE day_profiles AS " + PROFILES_SQL.format(
+        which=written + " AND visitor_id IN (SELECT visitor_id FROM extended_visitors"
+        + (" UNION ALL SELECT visitor_id FROM combined_ids" if combine else "") + ")",
+        nodes="(SELECT NULL::VARCHAR AS visitor_id WHERE false)"))
+    if combine:
+        conn.execute(_combined_profiles_sql())
+        conn.execute("DELETE FROM day_profiles "
+                     "WHERE visitor_id NOT IN (SELECT visitor_id FROM extended_visitors)")
     conn.execute("""
         DELETE FROM identity.visitor_profiles
         WHERE visitor_id IN (SELECT visitor_id FROM affected_visitors)
     """)
+    if combine:
+        conn.execute(
+            "INSERT INTO identity.visitor_profiles BY NAME SELECT * FROM combined_profiles")
     conn.execute("INSERT INTO identity.visitor_profiles BY NAME " + PROFILES_SQL.format(
-        which="anchor_node_id IN (SELECT node_id FROM affected_nodes)", nodes="affected_nodes"))
-    # (An extended visitor keeps its identifiers count: no identifiers to count.)
-    conn.execute("CREATE OR REPLACE TEMP TABLE day_profiles AS " + PROFILES_SQL.format(
-        which=written + " AND visitor_id IN (SELECT visitor_id FROM extended_visitors)",
-        nodes="(SELECT NULL::VARCHAR AS visitor_id WHERE false)"))
+        which=f"anchor_node_id IN (SELECT node_id FROM {rebuilt})", nodes=rebuilt))
     # Replaced as whole rows rather than updated column by column: an UPDATE of every column
     # of rows spread over the table makes the commit rewrite the whole table's columns.
     conn.execute(_merged_profiles_sql())
