@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import replace
 
+from capi_pipeline.identity.graph import _vacuum_due
 from capi_pipeline_tests.identity_helpers import Graph, at, day
 
 EPIK = "dj0yJnU9bGFuZGluZw"
@@ -566,3 +567,25 @@ def test_merged_profiles_combined_from_old_profiles_match_a_rebuild_from_every_e
     fresh.conn.execute("INSERT INTO staging.events SELECT * FROM staged")
     assert fresh.run()["full_recompute"] == 1
     assert profiles_by_identifiers(fresh) == profiles_by_identifiers(graph)
+
+
+def test_deleted_rows_are_reclaimed_once_they_are_a_third_of_a_table():
+    """A run's commit defers vacuuming the rows it replaced (DuckDB would rewrite whole row
+    groups for them every day) until a table's deleted rows reach a third of its stored rows;
+    the database's own setting is left as it was."""
+    graph = Graph()
+    for n in range(30):
+        graph.stage(0, client_id=f"c{n}")
+    graph.run()
+    setting = "SELECT current_setting('max_vacuum_tasks')"
+    default = graph.rows(setting)
+    assert not _vacuum_due(graph.conn)
+    profiles = "DELETE FROM identity.visitor_profiles WHERE visitor_id IN (SELECT visitor_id " \
+               "FROM identity.visitor_profiles ORDER BY visitor_id LIMIT {})"
+    graph.conn.execute(profiles.format(9))
+    assert not _vacuum_due(graph.conn)  # 9 of 30 stored rows deleted
+    graph.conn.execute(profiles.format(1))
+    assert _vacuum_due(graph.conn)  # 10 of 30
+    graph.stage(1, client_id="c0")
+    graph.run()
+    assert graph.rows(setting) == default
