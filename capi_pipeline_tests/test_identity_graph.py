@@ -567,6 +567,12 @@ def test_merged_profiles_combined_from_old_profiles_match_a_rebuild_from_every_e
     fresh.conn.execute("INSERT INTO staging.events SELECT * FROM staged")
     assert fresh.run()["full_recompute"] == 1
     assert profiles_by_identifiers(fresh) == profiles_by_identifiers(graph)
+    # Attribution too: c2's and c1's day-0 events now follow the clicks c3 and the late event
+    # brought, each over the merged visitor's clicks.
+    attributed = ("SELECT event_key, attributed_click_id, attributed_click_at "
+                  "FROM identity.event_visitors ORDER BY event_key")
+    assert graph.rows(attributed) == fresh.rows(attributed)
+    assert {click for _, click, _ in graph.rows(attributed)} == {EPIK, "clk-late", None}
 
 
 def test_deleted_rows_are_reclaimed_once_they_are_a_third_of_a_table():

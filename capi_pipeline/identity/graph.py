@@ -277,9 +277,11 @@ def _apply(conn: duckdb.DuckDBPyConnection, rules: GraphRules, plan: RunPlan,
     clock.done("visitor ids and id map")
     update_events(conn, new_hubs, written)
     clock.done("events' visitors")
-    refresh_profiles(conn, written, combine=not plan.full and not new_hubs)
+    # An incremental run that found no hub only merges and grows visitors.
+    combine = not plan.full and not new_hubs
+    refresh_profiles(conn, written, combine)
     clock.done("profiles")
-    attribute_clicks(conn, rules, written)
+    attribute_clicks(conn, rules, written, combine)
     clock.done("click attribution")
     write_refused_edges(conn)
     clock.done("refused edges")

@@ -193,11 +193,21 @@ ASOF LEFT JOIN clicks c ON c.visitor_id = e.visitor_id AND e.event_time >= c.cli
 """
 
 
-def attribute_clicks(conn: duckdb.DuckDBPyConnection, rules: GraphRules, written: str) -> None:
+def attribute_clicks(conn: duckdb.DuckDBPyConnection, rules: GraphRules, written: str,
+                     combine: bool) -> None:
     """Attribute the events written in this run, every event of a visitor whose identifiers
     or events changed, and the events of a visitor who clicked in the rows written from the
     first such click on (a click is carried to later events only); an event kept from an
-    earlier run whose visitor is none of these keeps its own."""
+    earlier run whose visitor is none of these keeps its own.
+
+    With `combine` (see refresh_profiles) a merged visitor's kept events are those of the
+    visitors it joined, each attributed over its own clicks: they are redone only when another
+    part of the merge brings a click, every event when another joined visitor had one (its
+    times are not kept), else from the days' first click on.
+    """
+    rebuilt_visitors, rebuilt_nodes = "affected_visitors", "affected_nodes"
+    if combine:
+        rebuilt_visitors, rebuilt_nodes = "rebuilt_nodes", "rebuilt_nodes"
     # Two plain selections rather than one OR of three lookups over every event row. `since`
     # NULL: every event of the visitor.
     # An affected visitor whose profile (just rebuilt) has no click id has no click in any
@@ -206,7 +216,7 @@ def attribute_clicks(conn: duckdb.DuckDBPyConnection, rules: GraphRules, written
     conn.execute(f"""
         CREATE OR REPLACE TEMP TABLE attributed_visitors AS
         SELECT a.visitor_id, NULL::TIMESTAMPTZ AS since, p.click_id IS NULL AS unclicked
-        FROM (SELECT DISTINCT visitor_id FROM affected_visitors) a
+        FROM (SELECT DISTINCT visitor_id FROM {rebuilt_visitors}) a
         LEFT JOIN identity.visitor_profiles p USING (visitor_id)
         UNION ALL
         SELECT visitor_id, min(event_time), false FROM identity.event_visitors
@@ -215,16 +225,41 @@ def attribute_clicks(conn: duckdb.DuckDBPyConnection, rules: GraphRules, written
         GROUP BY visitor_id
     """)
     # Their events are found through their identifiers (see affected_nodes).
-    conn.execute("""
+    conn.execute(f"""
         CREATE OR REPLACE TEMP TABLE attributed_nodes AS
         SELECT n.node_id, a.since, a.unclicked
-        FROM (SELECT node_id, visitor_id FROM affected_nodes
+        FROM (SELECT node_id, visitor_id FROM {rebuilt_nodes}
               UNION ALL
               SELECT node_id, visitor_id FROM identity.identifiers
               WHERE visitor_id IN (SELECT visitor_id FROM attributed_visitors WHERE since
                                    IS NOT NULL)) n
         JOIN attributed_visitors a USING (visitor_id)
     """)
+    if combine:
+        conn.execute(f"""
+            INSERT INTO attributed_nodes
+            WITH day_clicks AS (
+                SELECT visitor_id, min(event_time) AS first_click FROM identity.event_visitors
+                WHERE {written} AND click_id IS NOT NULL
+                  AND visitor_id IN (SELECT visitor_id FROM combined_ids)
+                GROUP BY visitor_id
+            ),
+            parts AS (
+                SELECT m.visitor_id, m.old_visitor_id,
+                       count(*) FILTER (WHERE clicked) OVER (PARTITION BY m.visitor_id)
+                           - m.clicked::INTEGER AS others_clicked,
+                       d.first_click
+                FROM combined_ids m LEFT JOIN day_clicks d USING (visitor_id)
+            ),
+            redone AS (
+                SELECT old_visitor_id,
+                       CASE WHEN others_clicked > 0 THEN NULL ELSE first_click END AS since
+                FROM parts
+                WHERE old_visitor_id <> '' AND (others_clicked > 0 OR first_click IS NOT NULL)
+            )
+            SELECT n.node_id, r.since, false
+            FROM node_components n JOIN redone r USING (old_visitor_id)
+        """)
     conn.execute(ATTRIBUTION_SQL.replace("{written}", written),
                  {"window_days": rules.attribution_window_days})
     conn.execute("""
@@ -286,7 +321,9 @@ def _combined_profiles_sql() -> str:
 CREATE OR REPLACE TEMP TABLE combined_profiles AS
 WITH parts AS (
     SELECT m.visitor_id AS into_id, p.* EXCLUDE (visitor_id)
-    FROM identity.visitor_profiles p JOIN combined_ids m ON m.old_visitor_id = p.visitor_id
+    FROM identity.visitor_profiles p
+    JOIN (SELECT visitor_id, old_visitor_id FROM combined_ids) m
+        ON m.old_visitor_id = p.visitor_id
     UNION ALL BY NAME
     SELECT visitor_id AS into_id, * EXCLUDE (visitor_id) FROM day_profiles
     WHERE visitor_id IN (SELECT visitor_id FROM combined_ids)
@@ -322,9 +359,12 @@ def refresh_profiles(conn: duckdb.DuckDBPyConnection, written: str, combine: boo
         # The visitors of the changed components, each with the old visitors it joined.
         conn.execute("""
             CREATE OR REPLACE TEMP TABLE combined_ids AS
-            SELECT DISTINCT c.visitor_id, n.old_visitor_id
-            FROM node_components n JOIN component_ids c USING (component)
-            WHERE c.visitor_id IN (SELECT visitor_id FROM affected_visitors)
+            SELECT m.*, p.click_id IS NOT NULL AS clicked
+            FROM (SELECT DISTINCT c.visitor_id, n.old_visitor_id
+                  FROM node_components n JOIN component_ids c USING (component)
+                  WHERE c.visitor_id IN (SELECT visitor_id FROM affected_visitors)) m
+            LEFT JOIN (SELECT visitor_id, click_id FROM identity.visitor_profiles) p
+                ON p.visitor_id = m.old_visitor_id
         """)
         conn.execute("""
             CREATE OR REPLACE TEMP TABLE combined_sizes AS
