@@ -380,17 +380,34 @@ def _extract(conn: duckdb.DuckDBPyConnection, rules: GraphRules) -> None:
     conn.execute(RUN_NODES_SQL, {"kinds": list(KINDS)})
     next_id = conn.execute(
         "SELECT coalesce(max(node_id), -1) + 1 FROM identity.identifiers").fetchone()[0]
+    # The days' identifiers are looked up by key once (a join over every identifier's key):
+    # the known ones keep their node id, the others are numbered from next_id.
+    conn.execute("""
+        CREATE OR REPLACE TEMP TABLE run_keys AS
+        SELECT n.node_key, n.kind, n.value, i.node_id
+        FROM (SELECT DISTINCT node_key, kind, value FROM run_nodes) n
+        LEFT JOIN (SELECT node_key, node_id FROM identity.identifiers) i USING (node_key)
+    """)
+    conn.execute("""
+        CREATE OR REPLACE TEMP TABLE new_keys AS
+        SELECT node_key, kind, value, $next_id - 1 + row_number() OVER () AS node_id
+        FROM run_keys WHERE node_id IS NULL
+    """, {"next_id": next_id})
     conn.execute("""
         INSERT INTO identity.identifiers
             (node_key, identifier_type, identifier_value, visitor_id, events, node_id)
-        SELECT node_key, kind, value, '', 0, $next_id - 1 + row_number() OVER ()
-        FROM (SELECT DISTINCT node_key, kind, value FROM run_nodes) n
-        WHERE NOT EXISTS (SELECT 1 FROM identity.identifiers i WHERE i.node_key = n.node_key)
-    """, {"next_id": next_id})
+        SELECT node_key, kind, value, '', 0, node_id FROM new_keys
+    """)
+    conn.execute("""
+        CREATE OR REPLACE TEMP TABLE run_key_ids AS
+        SELECT node_key, kind AS identifier_type, node_id FROM run_keys
+        WHERE node_id IS NOT NULL
+        UNION ALL SELECT node_key, kind, node_id FROM new_keys
+    """)
     conn.execute("""
         CREATE OR REPLACE TEMP TABLE run_node_ids AS
-        SELECT n.ev, n.partition_date, n.event_time, n.rank, i.node_id
-        FROM run_nodes n JOIN identity.identifiers i USING (node_key)
+        SELECT n.ev, n.partition_date, n.event_time, n.rank, k.node_id
+        FROM run_nodes n JOIN run_key_ids k USING (node_key)
     """)
 
 
@@ -484,13 +501,15 @@ def _replace_days(conn: duckdb.DuckDBPyConnection, keep_unchanged: bool) -> str:
 
 # --- the accumulated graph --------------------------------------------------------------------
 
+# `nodes`: identity.identifiers, or (incrementally) run_key_ids, which holds both ends of
+# every pair of the days read.
 INSERT_EDGES_SQL = """
 INSERT INTO identity.edges
 SELECT ia.node_key, ib.node_key, p.events, p.first_seen, p.last_seen, p.a_id, p.b_id,
        ia.identifier_type, ib.identifier_type, p.first_day, NULL
 FROM {source} p
-JOIN identity.identifiers ia ON ia.node_id = p.a_id
-JOIN identity.identifiers ib ON ib.node_id = p.b_id
+JOIN {nodes} ia ON ia.node_id = p.a_id
+JOIN {nodes} ib ON ib.node_id = p.b_id
 """
 
 
@@ -539,7 +558,7 @@ def _rebuild_accumulated(conn: duckdb.DuckDBPyConnection) -> None:
         SELECT r.* FROM run_pairs r
         ANTI JOIN identity.edges e ON e.a_id = r.a_id AND e.b_id = r.b_id
     """)
-    conn.execute(INSERT_EDGES_SQL.format(source="new_pairs"))
+    conn.execute(INSERT_EDGES_SQL.format(source="new_pairs", nodes="identity.identifiers"))
 
 
 def _add_accumulated(conn: duckdb.DuckDBPyConnection) -> None:
@@ -580,7 +599,7 @@ def _add_accumulated(conn: duckdb.DuckDBPyConnection) -> None:
                             least(e.first_day, r.first_day) AS first_day)
         FROM identity.edges e JOIN run_pairs r ON e.a_id = r.a_id AND e.b_id = r.b_id
     """)
-    conn.execute(INSERT_EDGES_SQL.format(source="new_pairs"))
+    conn.execute(INSERT_EDGES_SQL.format(source="new_pairs", nodes="run_key_ids"))
 
 
 # A hub has more distinct partners of one side than one person could: many people on one
