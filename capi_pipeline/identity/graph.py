@@ -449,6 +449,16 @@ def _replace_days(conn: duckdb.DuckDBPyConnection, keep_unchanged: bool) -> str:
     day with a few changed events rebuilds the profiles of those events' visitors only. Under
     changed rules (other normalization) every row of the days read is written again.
     """
+    # The identifiers and pairs these days held before: with those they hold now, the only
+    # ones whose totals a full run can change (_rebuild_accumulated).
+    conn.execute(f"""
+        CREATE OR REPLACE TEMP TABLE touched_nodes AS
+        SELECT DISTINCT node_id FROM identity.identifier_days WHERE {RUN_DAYS}
+    """)
+    conn.execute(f"""
+        CREATE OR REPLACE TEMP TABLE touched_pairs AS
+        SELECT DISTINCT a_id, b_id FROM identity.edge_days WHERE {RUN_DAYS}
+    """)
     for table in ("identifier_days", "edge_days"):
         conn.execute(f"DELETE FROM identity.{table} WHERE {RUN_DAYS}")
     conn.execute("""
@@ -514,24 +524,41 @@ JOIN {nodes} ib ON ib.node_id = p.b_id
 
 
 def _rebuild_accumulated(conn: duckdb.DuckDBPyConnection) -> None:
-    """Every identifier's and edge's totals from the per-day tables (after a re-run)."""
+    """The identifier and edge totals from the per-day tables (after a re-run).
+
+    Only the identifiers and pairs the days read held, before or now, can have other totals:
+    those are recomputed from all their per-day rows, every other total stays as it is.
+    """
+    conn.execute(f"""
+        INSERT INTO touched_nodes
+        SELECT DISTINCT node_id FROM identity.identifier_days WHERE {RUN_DAYS}
+        EXCEPT SELECT node_id FROM touched_nodes
+    """)
+    conn.execute(f"""
+        INSERT INTO touched_pairs
+        SELECT DISTINCT a_id, b_id FROM identity.edge_days WHERE {RUN_DAYS}
+        EXCEPT SELECT a_id, b_id FROM touched_pairs
+    """)
     conn.execute("""
         CREATE OR REPLACE TEMP TABLE run_pairs AS
         SELECT a_id, b_id, sum(events)::INTEGER AS events, min(first_seen) AS first_seen,
                max(last_seen) AS last_seen, min(partition_date) AS first_day
-        FROM identity.edge_days GROUP BY a_id, b_id
+        FROM identity.edge_days d SEMI JOIN touched_pairs t USING (a_id, b_id)
+        GROUP BY a_id, b_id
     """)
     conn.execute("""
         CREATE OR REPLACE TEMP TABLE node_totals AS
         SELECT node_id, sum(events)::INTEGER AS events, min(first_seen) AS first_seen,
                max(last_seen) AS last_seen
-        FROM identity.identifier_days GROUP BY node_id
+        FROM identity.identifier_days
+        WHERE node_id IN (SELECT node_id FROM touched_nodes)
+        GROUP BY node_id
     """)
     # Only differences are written: an identifier or pair no staged event carries any more is
     # gone, changed totals are updated, new pairs are added.
     conn.execute("""
         DELETE FROM identity.identifiers
-        WHERE node_id NOT IN (SELECT node_id FROM node_totals)
+        WHERE node_id IN (SELECT node_id FROM touched_nodes EXCEPT SELECT node_id FROM node_totals)
     """)
     replace_rows(conn, "identity.identifiers", """
         SELECT i.rowid AS _row,
@@ -543,7 +570,9 @@ def _rebuild_accumulated(conn: duckdb.DuckDBPyConnection) -> None:
     """)
     conn.execute("""
         DELETE FROM identity.edges e
-        WHERE NOT EXISTS (SELECT 1 FROM run_pairs r WHERE r.a_id = e.a_id AND r.b_id = e.b_id)
+        WHERE EXISTS (SELECT 1 FROM (SELECT a_id, b_id FROM touched_pairs
+                                     EXCEPT SELECT a_id, b_id FROM run_pairs) g
+                      WHERE g.a_id = e.a_id AND g.b_id = e.b_id)
     """)
     replace_rows(conn, "identity.edges", """
         SELECT e.rowid AS _row,
