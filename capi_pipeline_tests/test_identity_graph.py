@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import replace
 
+from capi_pipeline.identity.graph import _vacuum_due
 from capi_pipeline_tests.identity_helpers import Graph, at, day
 
 EPIK = "dj0yJnU9bGFuZGluZw"
@@ -528,3 +529,69 @@ def test_incremental_days_end_as_one_full_computation_over_the_same_history():
     # The merged visitor's checkout is attributed to the click of a's landing page.
     ann = graph.profile(graph.visitor("client:a1"))
     assert (ann["identifiers"], ann["first_name"], ann["click_id"]) == (6, "Ann", EPIK)
+
+
+def test_merged_profiles_combined_from_old_profiles_match_a_rebuild_from_every_event():
+    """An incremental merge combines the joined visitors' profiles with the day's events
+    instead of rereading their events: three visitors joined at once by a late event (older
+    than what their profiles hold), an address and a web fact each taken whole from one
+    event, a visitor made of new identifiers only, one that only gains events. Every profile
+    ends as a full computation, which rebuilds each from all its events, gives it."""
+    graph = Graph()
+    graph.stage(0, hour=20, client_id="c1", email="x@example.com", city="Paris", country="FR",
+                ip="203.0.113.1")
+    graph.stage(0, hour=10, client_id="c2", phone="+14155550111", first_name="Bo",
+                zip="94110", action_source="app", ip="203.0.113.2")
+    graph.stage(0, hour=5, client_id="c3", customer_id="cu3", last_name="Ng", click_id=EPIK)
+    graph.stage(0, hour=8, client_id="c9", email="nine@example.com")
+    assert graph.run()["full_recompute"] == 1
+    # Day 1: one late event (its time before every day-0 event) joins c1, c2 and c3.
+    graph.stage(1, hour=-40, client_id="c1", phone="+14155550111", customer_id="cu3",
+                first_name="Late", city="Lyon", ip="198.51.100.9", click_id="clk-late")
+    graph.stage(1, hour=3, client_id="c2", gender="f", user_agent="Other/1.0")
+    graph.stage(1, hour=2, client_id="n1", email="new@example.com", state="CA")
+    graph.stage(1, hour=4, client_id="c9", first_name="Nina")
+    stats = graph.run()
+    assert (stats["full_recompute"], stats["new_hubs"], stats["visitors_merged"]) == (0, 0, 2)
+
+    merged = graph.profile(graph.visitor("client:c1"))
+    assert (merged["identifiers"], merged["events"]) == (6, 5)
+    assert (merged["first_name"], merged["last_name"], merged["gender"]) == ("Bo", "Ng", "f")
+    assert (merged["city"], merged["zip"], merged["country"]) == ("Paris", None, "FR")
+    # The web fact is the latest web event's (c2's of day 1), the click id the latest click.
+    assert (merged["click_id"], merged["ip"], merged["user_agent"]) == (
+        EPIK, "203.0.113.7", "Other/1.0")
+
+    fresh = Graph()
+    staged = graph.conn.sql("SELECT * FROM staging.events").arrow()  # noqa: F841
+    fresh.conn.execute("INSERT INTO staging.events SELECT * FROM staged")
+    assert fresh.run()["full_recompute"] == 1
+    assert profiles_by_identifiers(fresh) == profiles_by_identifiers(graph)
+    # Attribution too: c2's and c1's day-0 events now follow the clicks c3 and the late event
+    # brought, each over the merged visitor's clicks.
+    attributed = ("SELECT event_key, attributed_click_id, attributed_click_at "
+                  "FROM identity.event_visitors ORDER BY event_key")
+    assert graph.rows(attributed) == fresh.rows(attributed)
+    assert {click for _, click, _ in graph.rows(attributed)} == {EPIK, "clk-late", None}
+
+
+def test_deleted_rows_are_reclaimed_once_they_are_a_third_of_a_table():
+    """A run's commit defers vacuuming the rows it replaced (DuckDB would rewrite whole row
+    groups for them every day) until a table's deleted rows reach a third of its stored rows;
+    the database's own setting is left as it was."""
+    graph = Graph()
+    for n in range(30):
+        graph.stage(0, client_id=f"c{n}")
+    graph.run()
+    setting = "SELECT current_setting('max_vacuum_tasks')"
+    default = graph.rows(setting)
+    assert not _vacuum_due(graph.conn)
+    profiles = "DELETE FROM identity.visitor_profiles WHERE visitor_id IN (SELECT visitor_id " \
+               "FROM identity.visitor_profiles ORDER BY visitor_id LIMIT {})"
+    graph.conn.execute(profiles.format(9))
+    assert not _vacuum_due(graph.conn)  # 9 of 30 stored rows deleted
+    graph.conn.execute(profiles.format(1))
+    assert _vacuum_due(graph.conn)  # 10 of 30
+    graph.stage(1, client_id="c0")
+    graph.run()
+    assert graph.rows(setting) == default

@@ -25,6 +25,7 @@ kept in `identity.visitor_id_map` pointing to the current one.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 
@@ -85,6 +86,7 @@ def build_identity(conn: duckdb.DuckDBPyConnection, rules: GraphRules,
     clock = _Phases(phases)
     ensure_layout(conn)
     plan = plan_run(conn, rules)
+    defer_vacuum = not _vacuum_due(conn)
     clock.done("plan")
     conn.execute("BEGIN TRANSACTION")
     try:
@@ -101,12 +103,58 @@ def build_identity(conn: duckdb.DuckDBPyConnection, rules: GraphRules,
              stats["visitors"], stats["visitors_merged"], stats["visitors_split"],
              stats["seconds"]],
         )
-        conn.execute("COMMIT")
+        with _vacuum_deferred(conn, defer_vacuum):
+            conn.execute("COMMIT")
         clock.done("commit")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
     return stats
+
+
+# The identity tables whose rows a run replaces (deleted and appended).
+REPLACED_TABLES = ("visitor_profiles", "identifiers", "edges", "event_visitors")
+# Deleted rows are reclaimed once they are this share of a table's stored rows.
+VACUUM_SHARE = 1 / 3
+
+
+def _vacuum_due(conn: duckdb.DuckDBPyConnection) -> bool:
+    """Whether deleted rows make up VACUUM_SHARE of one of REPLACED_TABLES's stored rows.
+
+    `estimated_size` counts the rows stored, deleted ones included; count(*) the live ones.
+    """
+    stored = dict(conn.execute("""
+        SELECT table_name, estimated_size FROM duckdb_tables()
+        WHERE database_name IN (current_database(), 'personal') AND schema_name = 'identity'
+    """).fetchall())
+    live = conn.execute("SELECT " + ", ".join(
+        f"(SELECT count(*) FROM identity.{table})" for table in REPLACED_TABLES)).fetchall()[0]
+    dead = {table: stored.get(table, 0) - rows
+            for table, rows in zip(REPLACED_TABLES, live, strict=True)}
+    return any(dead[table] > 0 and dead[table] >= VACUUM_SHARE * stored[table]
+               for table in REPLACED_TABLES)
+
+
+@contextmanager
+def _vacuum_deferred(conn: duckdb.DuckDBPyConnection, defer: bool):
+    """The commit's checkpoint without vacuuming deletes, when `defer`.
+
+    A day replaces about an eighth of the profiles and a tenth of the identifiers, spread over
+    the tables; DuckDB's checkpoint then merges (rewrites) whole row groups to reclaim the
+    deleted rows, most of the commit's time (4.5 of 5 s at 10M events). Deferred, the deleted
+    rows stay marked and skipped by scans, and are reclaimed by the checkpoint of the first run
+    that starts with them at VACUUM_SHARE of a table's stored rows (every few days). The
+    setting is the database instance's, so it is put back right after the commit.
+    """
+    if not defer:
+        yield
+        return
+    before = conn.execute("SELECT current_setting('max_vacuum_tasks')").fetchall()[0][0]
+    conn.execute("SET max_vacuum_tasks = 0")
+    try:
+        yield
+    finally:
+        conn.execute(f"SET max_vacuum_tasks = {int(before)}")
 
 
 class _Phases:
@@ -229,9 +277,11 @@ def _apply(conn: duckdb.DuckDBPyConnection, rules: GraphRules, plan: RunPlan,
     clock.done("visitor ids and id map")
     update_events(conn, new_hubs, written)
     clock.done("events' visitors")
-    refresh_profiles(conn, written)
+    # An incremental run that found no hub only merges and grows visitors.
+    combine = not plan.full and not new_hubs
+    refresh_profiles(conn, written, combine)
     clock.done("profiles")
-    attribute_clicks(conn, rules, written)
+    attribute_clicks(conn, rules, written, combine)
     clock.done("click attribution")
     write_refused_edges(conn)
     clock.done("refused edges")
@@ -330,17 +380,34 @@ def _extract(conn: duckdb.DuckDBPyConnection, rules: GraphRules) -> None:
     conn.execute(RUN_NODES_SQL, {"kinds": list(KINDS)})
     next_id = conn.execute(
         "SELECT coalesce(max(node_id), -1) + 1 FROM identity.identifiers").fetchone()[0]
+    # The days' identifiers are looked up by key once (a join over every identifier's key):
+    # the known ones keep their node id, the others are numbered from next_id.
+    conn.execute("""
+        CREATE OR REPLACE TEMP TABLE run_keys AS
+        SELECT n.node_key, n.kind, n.value, i.node_id
+        FROM (SELECT DISTINCT node_key, kind, value FROM run_nodes) n
+        LEFT JOIN (SELECT node_key, node_id FROM identity.identifiers) i USING (node_key)
+    """)
+    conn.execute("""
+        CREATE OR REPLACE TEMP TABLE new_keys AS
+        SELECT node_key, kind, value, $next_id - 1 + row_number() OVER () AS node_id
+        FROM run_keys WHERE node_id IS NULL
+    """, {"next_id": next_id})
     conn.execute("""
         INSERT INTO identity.identifiers
             (node_key, identifier_type, identifier_value, visitor_id, events, node_id)
-        SELECT node_key, kind, value, '', 0, $next_id - 1 + row_number() OVER ()
-        FROM (SELECT DISTINCT node_key, kind, value FROM run_nodes) n
-        WHERE NOT EXISTS (SELECT 1 FROM identity.identifiers i WHERE i.node_key = n.node_key)
-    """, {"next_id": next_id})
+        SELECT node_key, kind, value, '', 0, node_id FROM new_keys
+    """)
+    conn.execute("""
+        CREATE OR REPLACE TEMP TABLE run_key_ids AS
+        SELECT node_key, kind AS identifier_type, node_id FROM run_keys
+        WHERE node_id IS NOT NULL
+        UNION ALL SELECT node_key, kind, node_id FROM new_keys
+    """)
     conn.execute("""
         CREATE OR REPLACE TEMP TABLE run_node_ids AS
-        SELECT n.ev, n.partition_date, n.event_time, n.rank, i.node_id
-        FROM run_nodes n JOIN identity.identifiers i USING (node_key)
+        SELECT n.ev, n.partition_date, n.event_time, n.rank, k.node_id
+        FROM run_nodes n JOIN run_key_ids k USING (node_key)
     """)
 
 
@@ -351,7 +418,7 @@ def _sql_list(values) -> str:
 # The new days' event rows, as identity.event_visitors keeps them (visitor and attribution to
 # be decided).
 EVENT_ROWS_SQL = """
-SELECT e.event_key, e.partition_date, '' AS visitor_id, e.event_time, n.node_ids,
+SELECT e.ev AS _ev, e.event_key, e.partition_date, '' AS visitor_id, e.event_time, n.node_ids,
        n.first_node AS anchor_node_id, e.action_source, e.email, e.phone, e.first_name,
        e.last_name, e.city, e.state, e.zip, e.country, e.customer_id, e.ip,
        e.user_agent, e.click_id, e.gender, e.date_of_birth, e.advertising_id
@@ -382,6 +449,16 @@ def _replace_days(conn: duckdb.DuckDBPyConnection, keep_unchanged: bool) -> str:
     day with a few changed events rebuilds the profiles of those events' visitors only. Under
     changed rules (other normalization) every row of the days read is written again.
     """
+    # The identifiers and pairs these days held before: with those they hold now, the only
+    # ones whose totals a full run can change (_rebuild_accumulated).
+    conn.execute(f"""
+        CREATE OR REPLACE TEMP TABLE touched_nodes AS
+        SELECT DISTINCT node_id FROM identity.identifier_days WHERE {RUN_DAYS}
+    """)
+    conn.execute(f"""
+        CREATE OR REPLACE TEMP TABLE touched_pairs AS
+        SELECT DISTINCT a_id, b_id FROM identity.edge_days WHERE {RUN_DAYS}
+    """)
     for table in ("identifier_days", "edge_days"):
         conn.execute(f"DELETE FROM identity.{table} WHERE {RUN_DAYS}")
     conn.execute("""
@@ -406,7 +483,7 @@ def _replace_days(conn: duckdb.DuckDBPyConnection, keep_unchanged: bool) -> str:
             SELECT DISTINCT visitor_id FROM identity.event_visitors WHERE {RUN_DAYS}
         """)
         conn.execute(f"DELETE FROM identity.event_visitors WHERE {RUN_DAYS}")
-        conn.execute("INSERT INTO identity.event_visitors BY NAME " + EVENT_ROWS_SQL)
+        conn.execute("CREATE OR REPLACE TEMP TABLE run_inserts AS " + EVENT_ROWS_SQL)
         return RUN_DAYS
     conn.execute("CREATE OR REPLACE TEMP TABLE run_event_rows AS " + EVENT_ROWS_SQL)
     # The events (day, key) that differ between the rows kept and the rows read, either way.
@@ -425,43 +502,63 @@ def _replace_days(conn: duckdb.DuckDBPyConnection, keep_unchanged: bool) -> str:
         SELECT DISTINCT visitor_id FROM identity.event_visitors WHERE {WRITTEN}
     """)
     conn.execute(f"DELETE FROM identity.event_visitors WHERE {WRITTEN}")
-    conn.execute("INSERT INTO identity.event_visitors BY NAME SELECT * FROM run_event_rows "
+    conn.execute("CREATE OR REPLACE TEMP TABLE run_inserts AS SELECT * FROM run_event_rows "
                  "WHERE (partition_date, event_key) IN "
                  "(SELECT partition_date, event_key FROM run_written)")
     return WRITTEN
 
 
+
 # --- the accumulated graph --------------------------------------------------------------------
 
+# `nodes`: identity.identifiers, or (incrementally) run_key_ids, which holds both ends of
+# every pair of the days read.
 INSERT_EDGES_SQL = """
 INSERT INTO identity.edges
 SELECT ia.node_key, ib.node_key, p.events, p.first_seen, p.last_seen, p.a_id, p.b_id,
        ia.identifier_type, ib.identifier_type, p.first_day, NULL
 FROM {source} p
-JOIN identity.identifiers ia ON ia.node_id = p.a_id
-JOIN identity.identifiers ib ON ib.node_id = p.b_id
+JOIN {nodes} ia ON ia.node_id = p.a_id
+JOIN {nodes} ib ON ib.node_id = p.b_id
 """
 
 
 def _rebuild_accumulated(conn: duckdb.DuckDBPyConnection) -> None:
-    """Every identifier's and edge's totals from the per-day tables (after a re-run)."""
+    """The identifier and edge totals from the per-day tables (after a re-run).
+
+    Only the identifiers and pairs the days read held, before or now, can have other totals:
+    those are recomputed from all their per-day rows, every other total stays as it is.
+    """
+    conn.execute(f"""
+        INSERT INTO touched_nodes
+        SELECT DISTINCT node_id FROM identity.identifier_days WHERE {RUN_DAYS}
+        EXCEPT SELECT node_id FROM touched_nodes
+    """)
+    conn.execute(f"""
+        INSERT INTO touched_pairs
+        SELECT DISTINCT a_id, b_id FROM identity.edge_days WHERE {RUN_DAYS}
+        EXCEPT SELECT a_id, b_id FROM touched_pairs
+    """)
     conn.execute("""
         CREATE OR REPLACE TEMP TABLE run_pairs AS
         SELECT a_id, b_id, sum(events)::INTEGER AS events, min(first_seen) AS first_seen,
                max(last_seen) AS last_seen, min(partition_date) AS first_day
-        FROM identity.edge_days GROUP BY a_id, b_id
+        FROM identity.edge_days d SEMI JOIN touched_pairs t USING (a_id, b_id)
+        GROUP BY a_id, b_id
     """)
     conn.execute("""
         CREATE OR REPLACE TEMP TABLE node_totals AS
         SELECT node_id, sum(events)::INTEGER AS events, min(first_seen) AS first_seen,
                max(last_seen) AS last_seen
-        FROM identity.identifier_days GROUP BY node_id
+        FROM identity.identifier_days
+        WHERE node_id IN (SELECT node_id FROM touched_nodes)
+        GROUP BY node_id
     """)
     # Only differences are written: an identifier or pair no staged event carries any more is
     # gone, changed totals are updated, new pairs are added.
     conn.execute("""
         DELETE FROM identity.identifiers
-        WHERE node_id NOT IN (SELECT node_id FROM node_totals)
+        WHERE node_id IN (SELECT node_id FROM touched_nodes EXCEPT SELECT node_id FROM node_totals)
     """)
     replace_rows(conn, "identity.identifiers", """
         SELECT i.rowid AS _row,
@@ -473,7 +570,9 @@ def _rebuild_accumulated(conn: duckdb.DuckDBPyConnection) -> None:
     """)
     conn.execute("""
         DELETE FROM identity.edges e
-        WHERE NOT EXISTS (SELECT 1 FROM run_pairs r WHERE r.a_id = e.a_id AND r.b_id = e.b_id)
+        WHERE EXISTS (SELECT 1 FROM (SELECT a_id, b_id FROM touched_pairs
+                                     EXCEPT SELECT a_id, b_id FROM run_pairs) g
+                      WHERE g.a_id = e.a_id AND g.b_id = e.b_id)
     """)
     replace_rows(conn, "identity.edges", """
         SELECT e.rowid AS _row,
@@ -488,7 +587,7 @@ def _rebuild_accumulated(conn: duckdb.DuckDBPyConnection) -> None:
         SELECT r.* FROM run_pairs r
         ANTI JOIN identity.edges e ON e.a_id = r.a_id AND e.b_id = r.b_id
     """)
-    conn.execute(INSERT_EDGES_SQL.format(source="new_pairs"))
+    conn.execute(INSERT_EDGES_SQL.format(source="new_pairs", nodes="identity.identifiers"))
 
 
 def _add_accumulated(conn: duckdb.DuckDBPyConnection) -> None:
@@ -529,7 +628,7 @@ def _add_accumulated(conn: duckdb.DuckDBPyConnection) -> None:
                             least(e.first_day, r.first_day) AS first_day)
         FROM identity.edges e JOIN run_pairs r ON e.a_id = r.a_id AND e.b_id = r.b_id
     """)
-    conn.execute(INSERT_EDGES_SQL.format(source="new_pairs"))
+    conn.execute(INSERT_EDGES_SQL.format(source="new_pairs", nodes="run_key_ids"))
 
 
 # A hub has more distinct partners of one side than one person could: many people on one

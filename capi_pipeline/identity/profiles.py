@@ -8,37 +8,59 @@ from capi_pipeline.identity.rules import KINDS, GraphRules
 from capi_pipeline.identity.tables import replace_rows
 
 
+def insert_events(conn: duckdb.DuckDBPyConnection) -> None:
+    """Write the event rows of this run (`run_inserts`), whole: each with its anchor, the
+    most personal of its identifiers that is not a hub, and that anchor's visitor.
+
+    Written once the visitors are decided, rather than written first and updated: an UPDATE
+    of rows written in the same transaction costs about a second per 100,000 rows.
+    """
+    conn.execute("""
+        CREATE OR REPLACE TEMP TABLE run_anchor_ids AS
+        SELECT n.ev, arg_min(n.node_id, n.rank + CASE WHEN h.node_id IS NULL THEN 0 ELSE 100 END)
+                   AS anchor_node_id
+        FROM run_node_ids n
+        LEFT JOIN (SELECT node_id FROM identity.identifiers WHERE hub_reason IS NOT NULL) h
+            USING (node_id)
+        WHERE n.ev IN (SELECT _ev FROM run_inserts)
+        GROUP BY n.ev
+    """)
+    conn.execute("""
+        INSERT INTO identity.event_visitors BY NAME
+        SELECT r.* EXCLUDE (_ev) REPLACE (a.anchor_node_id AS anchor_node_id,
+                                          i.visitor_id AS visitor_id)
+        FROM run_inserts r
+        JOIN run_anchor_ids a ON a.ev = r._ev
+        JOIN identity.identifiers i ON i.node_id = a.anchor_node_id
+    """)
+
+
 def update_events(conn: duckdb.DuckDBPyConnection, new_hubs: list[int], written: str) -> None:
     """Point each event at its visitor: the visitor of its most personal identifier that is
     not a hub, so a purchase made on a shop's kiosk goes to the buyer, not to the kiosk.
 
-    The new days' events were given their most personal identifier; only events carrying a
-    hub need another look: the new days' events with any hub, older ones with a hub found (or
-    cleared) in this run.
+    The rows of this run are written with their anchor and visitor (insert_events); of the
+    rows kept, only those carrying a hub found (or cleared) in this run can change anchor, and
+    only those anchored on an identifier whose visitor changed move.
     """
-    hubs = [row[0] for row in conn.execute(
-        "SELECT node_id FROM identity.identifiers WHERE hub_reason IS NOT NULL").fetchall()]
-    conn.execute("""
-        CREATE OR REPLACE TEMP TABLE run_anchors AS
-        SELECT u.row, any_value(u.visitor_id) AS visitor_id,
-               arg_min(u.node_id, list_position($kinds, i.identifier_type)
-                                  + CASE WHEN i.hub_reason IS NULL THEN 0 ELSE 100 END)
-                   AS anchor_node_id
-        FROM (SELECT rowid AS row, visitor_id, unnest(node_ids) AS node_id
-              FROM identity.event_visitors
-              WHERE (partition_date IN (SELECT partition_date FROM run_days)
-                     AND list_has_any(node_ids, $hubs::BIGINT[])){older}) u
-        JOIN identity.identifiers i USING (node_id)
-        GROUP BY u.row
-    """.format(older=" OR list_has_any(node_ids, $changed::BIGINT[])" if new_hubs else ""),
-        {"kinds": list(KINDS), "hubs": hubs, **({"changed": new_hubs} if new_hubs else {})})
-    conn.execute("""
-        CREATE OR REPLACE TEMP TABLE touched_nodes AS
-        SELECT node_id FROM node_changes
-        UNION SELECT anchor_node_id FROM run_anchors
-        UNION SELECT anchor_node_id FROM identity.event_visitors
-              WHERE partition_date IN (SELECT partition_date FROM run_days)
-    """)
+    if new_hubs:
+        conn.execute("""
+            CREATE OR REPLACE TEMP TABLE run_anchors AS
+            SELECT u.row, any_value(u.visitor_id) AS visitor_id,
+                   arg_min(u.node_id, list_position($kinds, i.identifier_type)
+                                      + CASE WHEN i.hub_reason IS NULL THEN 0 ELSE 100 END)
+                       AS anchor_node_id
+            FROM (SELECT rowid AS row, visitor_id, unnest(node_ids) AS node_id
+                  FROM identity.event_visitors
+                  WHERE list_has_any(node_ids, $changed::BIGINT[])) u
+            JOIN identity.identifiers i USING (node_id)
+            GROUP BY u.row
+        """, {"kinds": list(KINDS), "changed": new_hubs})
+    else:
+        conn.execute("""
+            CREATE OR REPLACE TEMP TABLE run_anchors
+                (row BIGINT, visitor_id VARCHAR, anchor_node_id BIGINT)
+        """)
     # The visitors that lose or gain events or identifiers get new profiles.
     conn.execute("""
         CREATE OR REPLACE TEMP TABLE affected_visitors AS
@@ -53,16 +75,8 @@ def update_events(conn: duckdb.DuckDBPyConnection, new_hubs: list[int], written:
         UPDATE identity.event_visitors e SET anchor_node_id = a.anchor_node_id
         FROM run_anchors a WHERE e.rowid = a.row AND e.anchor_node_id <> a.anchor_node_id
     """)
-    # The days' own rows (new ones are still in the transaction's storage) are updated; an
-    # older row moves only when its anchor's visitor changed (a merge, a split, a new anchor):
-    # those are found over two narrow columns, then replaced whole by row id.
-    conn.execute("""
-        UPDATE identity.event_visitors e SET visitor_id = i.visitor_id
-        FROM (SELECT node_id, visitor_id FROM identity.identifiers
-              WHERE node_id IN (SELECT node_id FROM touched_nodes)) i
-        WHERE e.partition_date IN (SELECT partition_date FROM run_days)
-          AND e.anchor_node_id = i.node_id AND e.visitor_id <> i.visitor_id
-    """)
+    # An older row moves only when its anchor's visitor changed (a merge, a split, a new
+    # anchor): those are found over two narrow columns, then replaced whole by row id.
     conn.execute("""
         CREATE OR REPLACE TEMP TABLE moved_events AS
         SELECT e.rowid AS row, i.visitor_id
@@ -77,6 +91,7 @@ def update_events(conn: duckdb.DuckDBPyConnection, new_hubs: list[int], written:
         SELECT e.rowid AS _row, e.* REPLACE (m.visitor_id AS visitor_id)
         FROM identity.event_visitors e JOIN moved_events m ON e.rowid = m.row
     """)
+    insert_events(conn)
     conn.execute("""
         INSERT INTO affected_visitors
         SELECT visitor_id FROM identity.identifiers
@@ -178,11 +193,21 @@ ASOF LEFT JOIN clicks c ON c.visitor_id = e.visitor_id AND e.event_time >= c.cli
 """
 
 
-def attribute_clicks(conn: duckdb.DuckDBPyConnection, rules: GraphRules, written: str) -> None:
+def attribute_clicks(conn: duckdb.DuckDBPyConnection, rules: GraphRules, written: str,
+                     combine: bool) -> None:
     """Attribute the events written in this run, every event of a visitor whose identifiers
     or events changed, and the events of a visitor who clicked in the rows written from the
     first such click on (a click is carried to later events only); an event kept from an
-    earlier run whose visitor is none of these keeps its own."""
+    earlier run whose visitor is none of these keeps its own.
+
+    With `combine` (see refresh_profiles) a merged visitor's kept events are those of the
+    visitors it joined, each attributed over its own clicks: they are redone only when another
+    part of the merge brings a click, every event when another joined visitor had one (its
+    times are not kept), else from the days' first click on.
+    """
+    rebuilt_visitors, rebuilt_nodes = "affected_visitors", "affected_nodes"
+    if combine:
+        rebuilt_visitors, rebuilt_nodes = "rebuilt_nodes", "rebuilt_nodes"
     # Two plain selections rather than one OR of three lookups over every event row. `since`
     # NULL: every event of the visitor.
     # An affected visitor whose profile (just rebuilt) has no click id has no click in any
@@ -191,7 +216,7 @@ def attribute_clicks(conn: duckdb.DuckDBPyConnection, rules: GraphRules, written
     conn.execute(f"""
         CREATE OR REPLACE TEMP TABLE attributed_visitors AS
         SELECT a.visitor_id, NULL::TIMESTAMPTZ AS since, p.click_id IS NULL AS unclicked
-        FROM (SELECT DISTINCT visitor_id FROM affected_visitors) a
+        FROM (SELECT DISTINCT visitor_id FROM {rebuilt_visitors}) a
         LEFT JOIN identity.visitor_profiles p USING (visitor_id)
         UNION ALL
         SELECT visitor_id, min(event_time), false FROM identity.event_visitors
@@ -200,16 +225,41 @@ def attribute_clicks(conn: duckdb.DuckDBPyConnection, rules: GraphRules, written
         GROUP BY visitor_id
     """)
     # Their events are found through their identifiers (see affected_nodes).
-    conn.execute("""
+    conn.execute(f"""
         CREATE OR REPLACE TEMP TABLE attributed_nodes AS
         SELECT n.node_id, a.since, a.unclicked
-        FROM (SELECT node_id, visitor_id FROM affected_nodes
+        FROM (SELECT node_id, visitor_id FROM {rebuilt_nodes}
               UNION ALL
               SELECT node_id, visitor_id FROM identity.identifiers
               WHERE visitor_id IN (SELECT visitor_id FROM attributed_visitors WHERE since
                                    IS NOT NULL)) n
         JOIN attributed_visitors a USING (visitor_id)
     """)
+    if combine:
+        conn.execute(f"""
+            INSERT INTO attributed_nodes
+            WITH day_clicks AS (
+                SELECT visitor_id, min(event_time) AS first_click FROM identity.event_visitors
+                WHERE {written} AND click_id IS NOT NULL
+                  AND visitor_id IN (SELECT visitor_id FROM combined_ids)
+                GROUP BY visitor_id
+            ),
+            parts AS (
+                SELECT m.visitor_id, m.old_visitor_id,
+                       count(*) FILTER (WHERE clicked) OVER (PARTITION BY m.visitor_id)
+                           - m.clicked::INTEGER AS others_clicked,
+                       d.first_click
+                FROM combined_ids m LEFT JOIN day_clicks d USING (visitor_id)
+            ),
+            redone AS (
+                SELECT old_visitor_id,
+                       CASE WHEN others_clicked > 0 THEN NULL ELSE first_click END AS since
+                FROM parts
+                WHERE old_visitor_id <> '' AND (others_clicked > 0 OR first_click IS NOT NULL)
+            )
+            SELECT n.node_id, r.since, false
+            FROM node_components n JOIN redone r USING (old_visitor_id)
+        """)
     conn.execute(ATTRIBUTION_SQL.replace("{written}", written),
                  {"window_days": rules.attribution_window_days})
     conn.execute("""
@@ -252,20 +302,102 @@ def _merged_profiles_sql() -> str:
     )
 
 
-def refresh_profiles(conn: duckdb.DuckDBPyConnection, written: str) -> None:
+def _combined_profiles_sql() -> str:
+    """Each merged visitor's profile from the profiles of the visitors it joined and the days'
+    latest values of its own events: per field the value with the latest time (arg_max skips
+    the parts without one), counts summed, identifiers counted over its component."""
+    fields = [
+        f"arg_max({field}, {seen}) AS {field}"
+        for field, seen in LATEST_FIELDS.items()
+        if field not in ADDRESS and field not in WEB
+    ]
+    fields += [
+        "arg_max({" + ", ".join(f"'{f}': {f}" for f in ADDRESS) + "}, address_seen_at) AS address",
+        "arg_max({" + ", ".join(f"'{f}': {f}" for f in WEB) + "}, web_seen_at) AS web",
+    ]
+    times = [f"max({seen}) AS {seen}"
+             for seen in dict.fromkeys([*LATEST_FIELDS.values(), "name_seen_at"])]
+    return f"""
+CREATE OR REPLACE TEMP TABLE combined_profiles AS
+WITH parts AS (
+    SELECT m.visitor_id AS into_id, p.* EXCLUDE (visitor_id)
+    FROM identity.visitor_profiles p
+    JOIN (SELECT visitor_id, old_visitor_id FROM combined_ids) m
+        ON m.old_visitor_id = p.visitor_id
+    UNION ALL BY NAME
+    SELECT visitor_id AS into_id, * EXCLUDE (visitor_id) FROM day_profiles
+    WHERE visitor_id IN (SELECT visitor_id FROM combined_ids)
+),
+latest AS (
+    SELECT into_id AS visitor_id, sum(events) AS events, min(first_seen) AS first_seen,
+           max(last_seen) AS last_seen, {", ".join(fields + times)}
+    FROM parts GROUP BY into_id
+)
+SELECT l.* EXCLUDE (address, web), c.identifiers,
+       {", ".join(f"l.address.{f} AS {f}" for f in ADDRESS)},
+       {", ".join(f"l.web.{f} AS {f}" for f in WEB)}
+FROM latest l JOIN combined_sizes c USING (visitor_id)
+"""
+
+
+ADDRESS = ("city", "state", "zip", "country")
+WEB = ("ip", "user_agent")
+
+
+def refresh_profiles(conn: duckdb.DuckDBPyConnection, written: str, combine: bool) -> None:
     """Rebuild the profiles of the visitors whose identifiers or events changed (on a full
     recompute too, so an unchanged visitor's profile is not rewritten), and extend those of
-    visitors that only gained events."""
+    visitors that only gained events.
+
+    With `combine` (an incremental run that found no hub: visitors only merged or grew), a
+    changed visitor's profile is combined from the profiles of the visitors it joined and the
+    days' own events, instead of being rebuilt from all its events: every event kept belongs
+    to one of those visitors, whose profile holds its latest values.
+    """
+    rebuilt = "affected_nodes"
+    if combine:
+        # The visitors of the changed components, each with the old visitors it joined.
+        conn.execute("""
+            CREATE OR REPLACE TEMP TABLE combined_ids AS
+            SELECT m.*, p.click_id IS NOT NULL AS clicked
+            FROM (SELECT DISTINCT c.visitor_id, n.old_visitor_id
+                  FROM node_components n JOIN component_ids c USING (component)
+                  WHERE c.visitor_id IN (SELECT visitor_id FROM affected_visitors)) m
+            LEFT JOIN (SELECT visitor_id, click_id FROM identity.visitor_profiles) p
+                ON p.visitor_id = m.old_visitor_id
+        """)
+        conn.execute("""
+            CREATE OR REPLACE TEMP TABLE combined_sizes AS
+            SELECT c.visitor_id, count(*) AS identifiers
+            FROM node_components n JOIN component_ids c USING (component)
+            WHERE c.visitor_id IN (SELECT visitor_id FROM combined_ids)
+            GROUP BY c.visitor_id
+        """)
+        # Any other changed visitor (none is expected) is rebuilt from its events.
+        conn.execute("""
+            CREATE OR REPLACE TEMP TABLE rebuilt_nodes AS
+            SELECT * FROM affected_nodes WHERE visitor_id NOT IN (
+                SELECT visitor_id FROM combined_ids UNION SELECT old_visitor_id FROM combined_ids)
+        """)
+        rebuilt = "rebuilt_nodes"
+    # (An extended visitor keeps its identifiers count: no identifiers to count.)
+    conn.execute("CREATE OR REPLACE TEMP TABLE day_profiles AS " + PROFILES_SQL.format(
+        which=written + " AND visitor_id IN (SELECT visitor_id FROM extended_visitors"
+        + (" UNION ALL SELECT visitor_id FROM combined_ids" if combine else "") + ")",
+        nodes="(SELECT NULL::VARCHAR AS visitor_id WHERE false)"))
+    if combine:
+        conn.execute(_combined_profiles_sql())
+        conn.execute("DELETE FROM day_profiles "
+                     "WHERE visitor_id NOT IN (SELECT visitor_id FROM extended_visitors)")
     conn.execute("""
         DELETE FROM identity.visitor_profiles
         WHERE visitor_id IN (SELECT visitor_id FROM affected_visitors)
     """)
+    if combine:
+        conn.execute(
+            "INSERT INTO identity.visitor_profiles BY NAME SELECT * FROM combined_profiles")
     conn.execute("INSERT INTO identity.visitor_profiles BY NAME " + PROFILES_SQL.format(
-        which="anchor_node_id IN (SELECT node_id FROM affected_nodes)", nodes="affected_nodes"))
-    # (An extended visitor keeps its identifiers count: no identifiers to count.)
-    conn.execute("CREATE OR REPLACE TEMP TABLE day_profiles AS " + PROFILES_SQL.format(
-        which=written + " AND visitor_id IN (SELECT visitor_id FROM extended_visitors)",
-        nodes="(SELECT NULL::VARCHAR AS visitor_id WHERE false)"))
+        which=f"anchor_node_id IN (SELECT node_id FROM {rebuilt})", nodes=rebuilt))
     # Replaced as whole rows rather than updated column by column: an UPDATE of every column
     # of rows spread over the table makes the commit rewrite the whole table's columns.
     conn.execute(_merged_profiles_sql())
