@@ -26,7 +26,13 @@ import orjson
 import pyarrow.parquet as pq
 
 from capi_pipeline.delivery.destinations import Destination
-from capi_pipeline.delivery.sender import BatchDone, Progress, send_batches, write_dry_run
+from capi_pipeline.delivery.sender import (
+    BatchDone,
+    Outcomes,
+    Progress,
+    send_batches,
+    write_dry_run,
+)
 from capi_pipeline.pinterest.client import ConversionsClient, PinterestAuthError
 
 # Which events a run picks up: those without a final outcome, all of them again (resend), or
@@ -236,9 +242,9 @@ def _deliver_spooled(duckdb, plan: DeliveryPlan, spool: Path, totals, log) -> No
     progress = Progress(totals.to_send, log)
     journal = Journal(journal_folder(duckdb))
 
-    def record(batch: BatchDone, days: dict[str, date]) -> None:
+    def record(batch: BatchDone, days: PageDays) -> None:
         journal.append(plan.destination.ledger_name, batch, days)
-        totals.outcomes.update(outcome.outcome for outcome in batch.outcomes)
+        totals.outcomes.update(batch.outcomes.outcome)
         totals.requests += len(batch.attempts)
 
     try:
@@ -257,7 +263,7 @@ def _deliver_spooled(duckdb, plan: DeliveryPlan, spool: Path, totals, log) -> No
                 if error.attempt is not None:
                     any_day = plan.day or datetime.now(UTC).date()
                     journal.append(plan.destination.ledger_name,
-                                   BatchDone(0, [error.attempt], []), {"": any_day})
+                                   BatchDone(0, [error.attempt], Outcomes.of([])), any_day)
                 raise
             log(progress.line())
     finally:
@@ -296,12 +302,21 @@ async def _send_pages(
             current = await following
 
 
-def _pages(spool: Path, page_size: int) -> Iterator[tuple[list[tuple[str, bytes]], dict]]:
+# The partition day of a page's events, for the ledger: one date when the page holds one day's
+# events (a daily run's always do), else each event id's day.
+PageDays = date | dict[str, date]
+
+
+def _pages(spool: Path, page_size: int) -> Iterator[tuple[list[tuple[str, bytes]], PageDays]]:
     """Pages of (event id, payload), each with its events' partition days for the ledger."""
     for batch in pq.ParquetFile(spool).iter_batches(batch_size=page_size):
-        columns = batch.to_pydict()
-        ids, payloads, days = columns["event_id"], columns["payload"], columns["partition_date"]
-        yield list(zip(ids, payloads, strict=True)), dict(zip(ids, days, strict=True))
+        ids = batch.column("event_id").to_pylist()
+        payloads = batch.column("payload").to_pylist()
+        day_column = batch.column("partition_date")
+        distinct = day_column.unique()
+        days: PageDays = (distinct[0].as_py() if len(distinct) == 1
+                          else dict(zip(ids, day_column.to_pylist(), strict=True)))
+        yield list(zip(ids, payloads, strict=True)), days
 
 
 def journal_folder(duckdb) -> Path:
@@ -323,7 +338,7 @@ class Journal:
         self.folder.mkdir(parents=True, exist_ok=True)
         self._file = None
 
-    def append(self, destination: str, batch: BatchDone, days: dict[str, date]) -> None:
+    def append(self, destination: str, batch: BatchDone, days: PageDays) -> None:
         """One line per batch, flushed to the operating system before the next batch.
 
         A flush survives the process being killed; an fsync per batch would also survive the
@@ -334,29 +349,33 @@ class Journal:
             self._file = open(self.folder / f"{uuid.uuid4()}.ndjson", "ab")  # noqa: SIM115
             fcntl.flock(self._file, fcntl.LOCK_EX)
         now = datetime.now(UTC).isoformat()
-        first_day = (days[batch.outcomes[0].event_id] if batch.outcomes
-                     else next(iter(days.values())))
-        day_text: dict[date, str] = {}
-
-        def iso(day: date) -> str:
-            text = day_text.get(day)
-            if text is None:
-                text = day_text[day] = day.isoformat()
-            return text
-
         # Outcomes as columns, so that DuckDB's JSON reader unnests them on import.
-        columns = list(zip(*batch.outcomes, strict=True)) if batch.outcomes else [()] * 6
+        columns = batch.outcomes.columns()
+        if isinstance(days, date):
+            first_day = days
+            event_days = [days.isoformat()] * len(columns[0])
+        else:
+            first_day = days[columns[0][0]] if columns[0] else next(iter(days.values()))
+            day_text: dict[date, str] = {}
+
+            def iso(day: date) -> str:
+                text = day_text.get(day)
+                if text is None:
+                    text = day_text[day] = day.isoformat()
+                return text
+
+            event_days = [iso(days.get(event_id, first_day)) for event_id in columns[0]]
         entry = {
             "destination": destination,
             "recorded_at": now,
             "requests": [
-                {"request_id": attempt.request_id, "partition_date": iso(first_day),
+                {"request_id": attempt.request_id, "partition_date": first_day.isoformat(),
                  "batch_no": batch.batch_no, "attempt": attempt.attempt,
                  "events": attempt.events, "status_code": attempt.status_code,
                  "latency_ms": attempt.latency_ms, "error": attempt.error}
                 for attempt in batch.attempts
             ],
-            "partition_date": [iso(days.get(event_id, first_day)) for event_id in columns[0]],
+            "partition_date": event_days,
             **dict(zip(OUTCOME_COLUMNS, columns, strict=True)),
         }
         self._file.write(orjson.dumps(entry) + b"\n")
