@@ -259,7 +259,7 @@ def test_skips_are_recorded_unless_the_latest_outcome_is_the_same_skip(tmp_path)
     the delivery.event_status view gives: a skip is written unless the event's latest outcome
     for this destination is already that skip, with that reason."""
     from capi_pipeline.delivery.destinations import Destination
-    from capi_pipeline.delivery.ledger import DeliveryPlan, record_skipped
+    from capi_pipeline.delivery.ledger import DeliveryPlan, deliver, record_skipped
     from capi_pipeline.resources import WarehouseResource
 
     warehouse = WarehouseResource(database=str(tmp_path / "warehouse.duckdb"))
@@ -302,3 +302,13 @@ def test_skips_are_recorded_unless_the_latest_outcome_is_the_same_skip(tmp_path)
     assert latest == [(event_id, "skipped", reason) for event_id, reason in sorted(events.items())
                       if reason is not None]
     assert record_skipped(warehouse, plan) == 0
+
+    # A run with nothing to send records the day's skips itself when asked to.
+    with warehouse.get_connection() as conn:
+        conn.execute("INSERT INTO delivery.event_outcomes VALUES (?, ?, 'eligible', 'delivered', "
+                     "1, NULL, NULL, NULL, ?)", [ours, DAY, EARLY])
+        conn.execute("INSERT INTO delivery.event_outcomes VALUES (?, ?, 'new', 'pending', 1, "
+                     "NULL, NULL, NULL, now())", [ours, DAY])
+    totals = deliver(warehouse, plan, lambda line: None, record_skips=True)
+    assert (totals.to_send, totals.skipped_recorded) == (0, 1)
+    assert deliver(warehouse, plan, lambda line: None).skipped_recorded is None
