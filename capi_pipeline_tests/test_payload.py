@@ -67,7 +67,10 @@ class Warehouse:
                               f"VALUES ({marks})", list(fields.values()))
 
     def build(self, **config):
+        threads = self.conn.execute("SELECT current_setting('threads')").fetchall()
         built = build_pinterest_events(self.conn, DAY, PayloadConfig(now=NOW, **config))
+        # The INSERT runs on one thread; the connection keeps its own setting.
+        assert self.conn.execute("SELECT current_setting('threads')").fetchall() == threads
         rows = self.conn.execute(
             "SELECT event_id, payload::VARCHAR, eligible, skip_reason, dropped_fields "
             "FROM capi.pinterest_events WHERE partition_date = ?", [DAY]).fetchall()
