@@ -312,3 +312,30 @@ def test_skips_are_recorded_unless_the_latest_outcome_is_the_same_skip(tmp_path)
     totals = deliver(warehouse, plan, lambda line: None, record_skips=True)
     assert (totals.to_send, totals.skipped_recorded) == (0, 1)
     assert deliver(warehouse, plan, lambda line: None).skipped_recorded is None
+
+
+def test_spool_pages_are_page_size_rows_across_the_files_batches(tmp_path):
+    """The spool is an Arrow file of whatever batches DuckDB streamed; it is read back in
+    pages of exactly page_size rows (so the requests are cut the same way whatever DuckDB's
+    batches were), every event once and in order, with its partition day: one date for a
+    page of one day, each event's day otherwise."""
+    import pyarrow as pa
+
+    from capi_pipeline.delivery.ledger import _pages
+
+    ids = [f"e{n:02d}" for n in range(20)]
+    days = [DAY] * 12 + [DAY - timedelta(days=1)] * 8
+    table = pa.table({"event_id": ids, "payload": [f'{{"n":{n}}}'.encode() for n in range(20)],
+                      "partition_date": days})
+    spool = tmp_path / "due.arrow"
+    with pa.OSFile(str(spool), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        for batch in table.to_batches(max_chunksize=9):  # batches of 9, 9 and 2 rows
+            writer.write_batch(batch)
+    pages = list(_pages(spool, 7))
+    assert [len(page) for page, _ in pages] == [7, 7, 6]
+    assert [event_id for page, _ in pages for event_id, _ in page] == ids
+    assert [payload for page, _ in pages for _, payload in page][13] == b'{"n":13}'
+    assert pages[0][1] == DAY
+    assert pages[1][1] == {event_id: day for event_id, day in zip(ids[7:14], days[7:14],
+                                                                   strict=True)}
+    assert pages[2][1] == DAY - timedelta(days=1)
