@@ -259,7 +259,7 @@ def test_skips_are_recorded_unless_the_latest_outcome_is_the_same_skip(tmp_path)
     the delivery.event_status view gives: a skip is written unless the event's latest outcome
     for this destination is already that skip, with that reason."""
     from capi_pipeline.delivery.destinations import Destination
-    from capi_pipeline.delivery.ledger import DeliveryPlan, record_skipped
+    from capi_pipeline.delivery.ledger import DeliveryPlan, deliver, record_skipped
     from capi_pipeline.resources import WarehouseResource
 
     warehouse = WarehouseResource(database=str(tmp_path / "warehouse.duckdb"))
@@ -302,3 +302,40 @@ def test_skips_are_recorded_unless_the_latest_outcome_is_the_same_skip(tmp_path)
     assert latest == [(event_id, "skipped", reason) for event_id, reason in sorted(events.items())
                       if reason is not None]
     assert record_skipped(warehouse, plan) == 0
+
+    # A run with nothing to send records the day's skips itself when asked to.
+    with warehouse.get_connection() as conn:
+        conn.execute("INSERT INTO delivery.event_outcomes VALUES (?, ?, 'eligible', 'delivered', "
+                     "1, NULL, NULL, NULL, ?)", [ours, DAY, EARLY])
+        conn.execute("INSERT INTO delivery.event_outcomes VALUES (?, ?, 'new', 'pending', 1, "
+                     "NULL, NULL, NULL, now())", [ours, DAY])
+    totals = deliver(warehouse, plan, lambda line: None, record_skips=True)
+    assert (totals.to_send, totals.skipped_recorded) == (0, 1)
+    assert deliver(warehouse, plan, lambda line: None).skipped_recorded is None
+
+
+def test_spool_pages_are_page_size_rows_across_the_files_batches(tmp_path):
+    """The spool is an Arrow file of whatever batches DuckDB streamed; it is read back in
+    pages of exactly page_size rows (so the requests are cut the same way whatever DuckDB's
+    batches were), every event once and in order, with its partition day: one date for a
+    page of one day, each event's day otherwise."""
+    import pyarrow as pa
+
+    from capi_pipeline.delivery.ledger import _pages
+
+    ids = [f"e{n:02d}" for n in range(20)]
+    days = [DAY] * 12 + [DAY - timedelta(days=1)] * 8
+    table = pa.table({"event_id": ids, "payload": [f'{{"n":{n}}}'.encode() for n in range(20)],
+                      "partition_date": days})
+    spool = tmp_path / "due.arrow"
+    with pa.OSFile(str(spool), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        for batch in table.to_batches(max_chunksize=9):  # batches of 9, 9 and 2 rows
+            writer.write_batch(batch)
+    pages = list(_pages(spool, 7))
+    assert [len(page) for page, _ in pages] == [7, 7, 6]
+    assert [event_id for page, _ in pages for event_id, _ in page] == ids
+    assert [payload for page, _ in pages for _, payload in page][13] == b'{"n":13}'
+    assert pages[0][1] == DAY
+    assert pages[1][1] == {event_id: day for event_id, day in zip(ids[7:14], days[7:14],
+                                                                   strict=True)}
+    assert pages[2][1] == DAY - timedelta(days=1)

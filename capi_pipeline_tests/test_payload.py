@@ -67,7 +67,10 @@ class Warehouse:
                               f"VALUES ({marks})", list(fields.values()))
 
     def build(self, **config):
+        threads = self.conn.execute("SELECT current_setting('threads')").fetchall()
         built = build_pinterest_events(self.conn, DAY, PayloadConfig(now=NOW, **config))
+        # The INSERT runs on one thread; the connection keeps its own setting.
+        assert self.conn.execute("SELECT current_setting('threads')").fetchall() == threads
         rows = self.conn.execute(
             "SELECT event_id, payload::VARCHAR, eligible, skip_reason, dropped_fields "
             "FROM capi.pinterest_events WHERE partition_date = ?", [DAY]).fetchall()
@@ -296,8 +299,10 @@ def test_custom_data_types_currency_and_value_definition(warehouse):
 
 
 def test_carts_sharing_items_each_keep_their_own_order_and_ids(warehouse):
-    # The members of multi-item carts are written once per distinct item and joined back:
-    # each cart must still list its own items, in its order, with its repeated ids once.
+    # The members of multi-item carts are written once per distinct list of items (and per
+    # distinct item) and joined back: each cart must still list its own items, in its order,
+    # with its repeated ids once; carts with the same list share it, even with NULL fields,
+    # and a list differing in one field (NULL against a value) is not taken for another.
     mug = {"id": "7", "name": "Mug", "price": "19.50", "quantity": 1, "brand": None,
            "category": "Kitchen"}
     cup = {"id": "B-2", "name": "Cup", "price": "10.00", "quantity": 1, "brand": "Acme",
@@ -308,7 +313,10 @@ def test_carts_sharing_items_each_keep_their_own_order_and_ids(warehouse):
                   staged("y", items=[cup, mug, {**mug, "quantity": 3}], num_items=5,
                          order_id="2", **cart),
                   staged("z", items=[mug, {**mug, "name": "a@b.example.com"}], num_items=2,
-                         order_id="3", **cart))
+                         order_id="3", **cart),
+                  staged("w", items=[mug, cup], num_items=2, order_id="4", **cart),
+                  staged("u", items=[{**mug, "brand": "Acme"}, cup], num_items=2,
+                         order_id="5", **cart))
     warehouse.build()
     mug_sent = {"id": "7", "item_price": "19.5", "quantity": 1, "item_name": "Mug",
                 "item_category": "Kitchen"}
@@ -322,6 +330,9 @@ def test_carts_sharing_items_each_keep_their_own_order_and_ids(warehouse):
     assert custom["z"]["contents"] == [mug_sent, {k: v for k, v in mug_sent.items()
                                                    if k != "item_name"}]
     assert custom["z"]["content_ids"] == ["7"] and custom["z"]["content_category"] == "Kitchen"
+    assert warehouse.payload("w")["custom_data"]["contents"] == [mug_sent, cup_sent]
+    assert warehouse.payload("u")["custom_data"]["contents"] == [
+        {**mug_sent, "item_brand": "Acme"}, cup_sent]
 
 
 def test_events_sharing_an_item_or_a_page_each_carry_their_own(warehouse):

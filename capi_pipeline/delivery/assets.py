@@ -25,7 +25,6 @@ from capi_pipeline.delivery.ledger import (
     DeliveryTotals,
     deliver,
     partition_stores,
-    record_skipped,
 )
 from capi_pipeline.lib.tags import NETWORK
 from capi_pipeline.partitions import backfill_policy, daily_partitions, over_days, partition_days
@@ -92,8 +91,9 @@ def _deliver_day(context: AssetExecutionContext, duckdb: WarehouseResource,
                         dry_run_partition=day.isoformat())
         context.log.info(f"partition {day}: sending to {destination.ledger_name}"
                          + (" (resending everything)" if pinterest.resend else ""))
-        totals = deliver_or_fail(context, duckdb, plan)
-        skipped = record_skipped(duckdb, plan)
+        # The day's skips are recorded in the transaction of the run's last ledger write.
+        totals = deliver_or_fail(context, duckdb, plan, record_skips=True)
+        skipped = totals.skipped_recorded
         summary[destination.ledger_name] = {"to_send": totals.to_send,
                                             "requests": totals.requests, **totals.outcomes,
                                             "skipped_recorded": skipped}
@@ -168,10 +168,11 @@ def destinations_or_fail(pinterest: PinterestResource) -> list[Destination]:
         raise Failure(description=str(error), allow_retries=False) from None
 
 
-def deliver_or_fail(context, duckdb: WarehouseResource, plan: DeliveryPlan) -> DeliveryTotals:
+def deliver_or_fail(context, duckdb: WarehouseResource, plan: DeliveryPlan,
+                    record_skips: bool = False) -> DeliveryTotals:
     """Deliver a plan; a refusal of credentials or address fails the run naming the setting."""
     try:
-        return deliver(duckdb, plan, context.log.info)
+        return deliver(duckdb, plan, context.log.info, record_skips=record_skips)
     except DestinationsError as error:
         raise Failure(description=str(error), allow_retries=False) from None
     except PinterestAuthError as error:
