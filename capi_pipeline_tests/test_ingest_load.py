@@ -571,3 +571,28 @@ def test_sensor_run_requests_name_the_partitions_and_skip_when_nothing_changed(t
     again = landing_sensor(build_sensor_context(cursor=result.cursor,
                                                 resources={"settings": settings}))
     assert isinstance(again, SkipReason)
+
+
+def test_a_temporary_setting_is_put_back_even_when_the_statement_fails():
+    """The fast path, enrich and identity each change an instance-wide DuckDB setting around
+    their own statements only."""
+    from capi_pipeline.lib.duck import temporary_setting
+
+    with duckdb.connect(":memory:") as db:
+        db.execute("SET threads = 2")
+
+        def setting(name):
+            return db.execute(f"SELECT current_setting('{name}')").fetchall()[0][0]
+
+        with temporary_setting(db, "threads", 1):
+            assert setting("threads") == 1
+        assert setting("threads") == 2
+        with pytest.raises(duckdb.Error):
+            with temporary_setting(db, "disabled_optimizers", "filter_pushdown"):
+                assert setting("disabled_optimizers") == "filter_pushdown"
+                db.execute("SELECT * FROM no_such_table")
+        assert setting("disabled_optimizers") == ""
+        db.execute("SET disabled_optimizers = 'join_order'")
+        with temporary_setting(db, "disabled_optimizers", "top_n"):
+            assert setting("disabled_optimizers") == "top_n"
+        assert setting("disabled_optimizers") == "join_order"

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 
@@ -37,6 +36,7 @@ import polars as pl
 from capi_pipeline.enrich.normalize import RULES, country_code, normalize_distinct, state_code
 from capi_pipeline.enrich.payload import CURRENCIES, PayloadConfig
 from capi_pipeline.identity.graph import is_junk_email
+from capi_pipeline.lib.duck import temporary_setting
 
 # The day's events' visitors and those visitors' profiles, narrow and a day's size: the two
 # statements below join them as written (their right side the build side), so the build
@@ -594,8 +594,7 @@ def _apply_rules(values: dict[str, list[tuple]], region_pairs: list[tuple],
 CAPI_TABLE = "capi.pinterest_events"
 
 
-@contextmanager
-def _joins_as_written(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
+def _joins_as_written(conn: duckdb.DuckDBPyConnection):
     """Joins in the order the statement writes them, each one's right side the build side.
 
     DuckDB builds the hash table on the side it estimates smaller, and with a day's filters
@@ -605,16 +604,10 @@ def _joins_as_written(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
     identity's tables of every day, so the written order is the cheap one (DuckDB's
     documented way to force it).
     """
-    previous = conn.execute("SELECT current_setting('disabled_optimizers')").fetchall()[0][0]
-    conn.execute("SET disabled_optimizers = 'join_order,build_side_probe_side'")
-    try:
-        yield
-    finally:
-        conn.execute(f"SET disabled_optimizers = '{previous}'")
+    return temporary_setting(conn, "disabled_optimizers", "join_order,build_side_probe_side")
 
 
-@contextmanager
-def _one_thread(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
+def _one_thread(conn: duckdb.DuckDBPyConnection):
     """The statement inside runs on one DuckDB thread.
 
     For the INSERT into the file's table: on one thread DuckDB writes the rows to the file as
@@ -624,12 +617,7 @@ def _one_thread(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
     checkpointing (2 to 4 s of the asset's wall time under load), against 1.0 to 1.6 s in all
     on one thread. Same rows, in the same order (insertion order is preserved either way).
     """
-    previous = conn.execute("SELECT current_setting('threads')").fetchall()[0][0]
-    conn.execute("SET threads = 1")
-    try:
-        yield
-    finally:
-        conn.execute(f"SET threads = {int(previous)}")
+    return temporary_setting(conn, "threads", 1)
 
 
 def build_pinterest_events(

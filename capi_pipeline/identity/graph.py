@@ -25,7 +25,7 @@ kept in `identity.visitor_id_map` pointing to the current one.
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import date
 
@@ -49,7 +49,7 @@ from capi_pipeline.identity.rules import (  # noqa: F401 - is_junk_email is enri
     phone_node,
 )
 from capi_pipeline.identity.tables import replace_rows, temp_table
-from capi_pipeline.lib.duck import ensure_schema
+from capi_pipeline.lib.duck import ensure_schema, temporary_setting
 
 IDENTITY_TABLES = (
     "identifiers", "edges", "refused_edges", "event_visitors", "identifier_days", "edge_days",
@@ -135,7 +135,6 @@ def _vacuum_due(conn: duckdb.DuckDBPyConnection) -> bool:
                for table in REPLACED_TABLES)
 
 
-@contextmanager
 def _vacuum_deferred(conn: duckdb.DuckDBPyConnection, defer: bool):
     """The commit's checkpoint without vacuuming deletes, when `defer`.
 
@@ -146,15 +145,7 @@ def _vacuum_deferred(conn: duckdb.DuckDBPyConnection, defer: bool):
     that starts with them at VACUUM_SHARE of a table's stored rows (every few days). The
     setting is the database instance's, so it is put back right after the commit.
     """
-    if not defer:
-        yield
-        return
-    before = conn.execute("SELECT current_setting('max_vacuum_tasks')").fetchall()[0][0]
-    conn.execute("SET max_vacuum_tasks = 0")
-    try:
-        yield
-    finally:
-        conn.execute(f"SET max_vacuum_tasks = {int(before)}")
+    return temporary_setting(conn, "max_vacuum_tasks", 0) if defer else nullcontext()
 
 
 class _Phases:

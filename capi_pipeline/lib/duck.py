@@ -209,3 +209,27 @@ def connect_read_only(
         attach_personal(conn, personal, read_only=True, encryption_key=encryption_key)
     conn.execute("SET TimeZone = 'UTC'")
     return conn
+
+
+@contextmanager
+def temporary_setting(conn: duckdb.DuckDBPyConnection, name: str,
+                      value: int | str) -> Iterator[None]:
+    """DuckDB's setting `name` at `value` for the statements inside, and as it was after.
+
+    Settings are the database instance's, shared by every connection to it, so the
+    statements that need one set it around themselves only (an empty setting is reset).
+    """
+    (previous,) = conn.execute(f"SELECT current_setting('{name}')").fetchall()[0]
+    conn.execute(f"SET {name} = {_setting_literal(value)}")
+    try:
+        yield
+    finally:
+        conn.execute(f"RESET {name}" if previous in (None, "")
+                     else f"SET {name} = {_setting_literal(previous)}")
+
+
+def _setting_literal(value: int | str) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise TypeError(f"a DuckDB setting is a number or text, not {type(value).__name__}")
+    return str(value) if isinstance(value, int) else "'" + value.replace("'", "''") + "'"
+
