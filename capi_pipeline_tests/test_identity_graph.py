@@ -53,12 +53,19 @@ def test_a_chain_across_five_days_is_one_visitor_with_the_latest_contacts():
     assert graph.rows("SELECT count(*) FROM identity.visitor_profiles") == [(1,)]
 
     # Reading the same history at once gives the same visitors.
-    again = Graph()
-    staged = graph.conn.sql("SELECT * FROM staging.events").arrow()  # noqa: F841
-    again.conn.execute("INSERT INTO staging.events SELECT * FROM staged")
-    assert again.run()["days_read"] == 5
+    again, stats = run_once_on_the_same_staging(graph)
+    assert stats["days_read"] == 5
     assert again.grouping() == graph.grouping()
     assert profiles_by_identifiers(again) == profiles_by_identifiers(graph)
+
+
+def run_once_on_the_same_staging(graph: Graph) -> tuple[Graph, dict]:
+    """A new identity built in one run from the staged events `graph` was built from over
+    several, and that run's stats."""
+    fresh = Graph()
+    staged = graph.conn.sql("SELECT * FROM staging.events").arrow()  # noqa: F841
+    fresh.conn.execute("INSERT INTO staging.events SELECT * FROM staged")
+    return fresh, fresh.run()
 
 
 def profiles_by_identifiers(graph: Graph) -> dict:
@@ -336,10 +343,7 @@ def test_a_new_edge_merges_visitors_into_the_oldest_and_maps_the_old_ids():
     assert (extended["first_name"], extended["city"], extended["state"]) == (
         "Olga", "Salem", None)
     assert extended["events"] == 7 and extended["last_seen"] == at(5, 13)
-    again = Graph()
-    staged = graph.conn.sql("SELECT * FROM staging.events").arrow()  # noqa: F841
-    again.conn.execute("INSERT INTO staging.events SELECT * FROM staged")
-    again.run()
+    again, _ = run_once_on_the_same_staging(graph)
     assert profiles_by_identifiers(again) == profiles_by_identifiers(graph)
     assert graph.rows("SELECT attributed_click_id FROM identity.event_visitors "
                       "ORDER BY event_time DESC LIMIT 1") == [(EPIK,)]
@@ -508,10 +512,8 @@ def test_incremental_days_end_as_one_full_computation_over_the_same_history():
         assert stats["full_recompute"] == (on == 0)
     assert stats["new_hubs"] == 1
 
-    fresh = Graph()
-    staged = graph.conn.sql("SELECT * FROM staging.events").arrow()  # noqa: F841
-    fresh.conn.execute("INSERT INTO staging.events SELECT * FROM staged")
-    assert fresh.run()["full_recompute"] == 1
+    fresh, stats = run_once_on_the_same_staging(graph)
+    assert stats["full_recompute"] == 1
     assert fresh.grouping() == graph.grouping()
     assert profiles_by_identifiers(fresh) == profiles_by_identifiers(graph)
     events = """
@@ -562,10 +564,8 @@ def test_merged_profiles_combined_from_old_profiles_match_a_rebuild_from_every_e
     assert (merged["click_id"], merged["ip"], merged["user_agent"]) == (
         EPIK, "203.0.113.7", "Other/1.0")
 
-    fresh = Graph()
-    staged = graph.conn.sql("SELECT * FROM staging.events").arrow()  # noqa: F841
-    fresh.conn.execute("INSERT INTO staging.events SELECT * FROM staged")
-    assert fresh.run()["full_recompute"] == 1
+    fresh, stats = run_once_on_the_same_staging(graph)
+    assert stats["full_recompute"] == 1
     assert profiles_by_identifiers(fresh) == profiles_by_identifiers(graph)
     # Attribution too: c2's and c1's day-0 events now follow the clicks c3 and the late event
     # brought, each over the merged visitor's clicks.
