@@ -38,6 +38,7 @@ dev: install
 	mkdir -p data/demo/dagster_home
 	test -f data/demo/dagster_home/dagster.yaml || cp deploy/dagster.yaml data/demo/dagster_home/
 	DAGSTER_HOME=$(CURDIR)/data/demo/dagster_home CAPI_DUCKDB_PATH=data/demo/warehouse.duckdb \
+		CAPI_LANDING_DIR=$${CAPI_LANDING_DIR:-data/demo/landing} \
 		$(UV) run --frozen dagster dev -w workspace.yaml
 
 # Photographs of the Dagster UI and the report over the demo's files, into docs/screenshots/
