@@ -39,7 +39,10 @@ from capi_pipeline.ingest.parse import MAX_LINE_BYTES, Message, Rejected, parse_
 from capi_pipeline.ingest.snowplow import load_snowplow
 from capi_pipeline.lib.duck import temporary_setting
 
-BLOCK_BYTES = 32 << 20
+# A block is one fast-path statement, and planning that statement costs about 50 ms of one
+# thread whatever the block holds: 64 MB blocks plan a day's 560 MB pixel file 9 times
+# instead of 17, for no more peak memory (128 MB blocks cost 250 MB more).
+BLOCK_BYTES = 64 << 20
 SCAN_BATCH_ROWS = 2048
 
 RAW_SCHEMA = {
