@@ -263,7 +263,7 @@ def _sha256(path: Path) -> str:
     return hasher.hexdigest()
 
 
-def read_blocks(landed: LandedFile, hasher) -> Iterator[bytes]:
+def read_blocks(landed: LandedFile, hasher) -> Iterator[bytearray]:
     """The file's content in blocks that end at a line end (the last one may not).
 
     The raw bytes go through `hasher` as they are read. A file named .gz that is not gzip (a
@@ -282,23 +282,42 @@ def read_blocks(landed: LandedFile, hasher) -> Iterator[bytes]:
             carry = b""
             first = True
             while True:
-                block = stream.read(BLOCK_BYTES)
-                if not block:
+                # Each block is read into a buffer of its own, behind the previous block's
+                # unfinished line, and cut at its last line end in place: joining the two and
+                # slicing off the block's lines each copied the whole block (about 1.1 s of
+                # CPU per GB read).
+                data = bytearray(len(carry) + BLOCK_BYTES)
+                data[:len(carry)] = carry
+                read = _read_into(stream, memoryview(data)[len(carry):])
+                if not read:
                     break
-                data = carry + block if carry else block
+                del data[len(carry) + read:]
                 if first:
-                    data = data.removeprefix(UTF8_BOM)
+                    if data.startswith(UTF8_BOM):
+                        del data[:len(UTF8_BOM)]
                     first = False
                 end = data.rfind(b"\n")
                 if end < 0:
-                    carry = data
+                    carry = bytes(data)
                     continue
-                carry = data[end + 1:]
-                yield data[: end + 1]
+                carry = bytes(data[end + 1:])
+                del data[end + 1:]
+                yield data
             if carry:
-                yield carry
+                yield bytearray(carry)
     except (OSError, EOFError, isal_zlib.error) as error:
         raise UnreadableFile(f"{type(error).__name__}: {error}") from error
+
+
+def _read_into(stream, view: memoryview) -> int:
+    """Fill `view` from `stream` as far as the stream goes; how many bytes were read."""
+    filled = 0
+    while filled < len(view):
+        read = stream.readinto(view[filled:])
+        if not read:
+            break
+        filled += read
+    return filled
 
 
 class _Hashing:
@@ -311,6 +330,11 @@ class _Hashing:
         data = self.handle.read(size)
         self.hasher.update(data)
         return data
+
+    def readinto(self, buffer) -> int:
+        read = self.handle.readinto(buffer)
+        self.hasher.update(memoryview(buffer)[:read])
+        return read
 
 
 class _Prefixed:
@@ -327,6 +351,8 @@ class _Prefixed:
         return self.source.read(size)
 
     def readinto(self, buffer) -> int:
+        if not self.head:
+            return self.source.readinto(buffer)
         data = self.read(len(buffer))
         buffer[:len(data)] = data
         return len(data)
@@ -448,7 +474,7 @@ def _filters_in_place(conn: duckdb.DuckDBPyConnection):
 class _LineBlock:
     """A block of a file split into lines, each with its line end still on."""
 
-    data: bytes
+    data: bytearray
     offsets: np.ndarray  # line i is data[offsets[i]:offsets[i + 1]]
     lines: pa.Array  # the same lines as an Arrow binary array, without a copy
     candidate: np.ndarray  # short enough for the SQL fast path
@@ -522,7 +548,7 @@ def _envelope_cuts(data: bytes, offsets: np.ndarray,
 def _line_blocks(landed: LandedFile, hasher) -> Iterator[_LineBlock]:
     for data in read_blocks(landed, hasher):
         array = np.frombuffer(data, dtype=np.uint8)
-        ends = np.flatnonzero(array == 10) + 1
+        ends = _line_ends(array)
         if not data.endswith(b"\n"):
             ends = np.append(ends, len(data))
         offsets = np.concatenate(([0], ends)).astype(np.int32)
@@ -534,6 +560,18 @@ def _line_blocks(landed: LandedFile, hasher) -> Iterator[_LineBlock]:
         candidate = _short_enough(data, offsets)
         yield _LineBlock(data, offsets, lines, candidate,
                          *_envelope_cuts(data, offsets, candidate))
+
+
+# Line ends are looked for a megabyte at a time: the comparison's mask then stays in the CPU's
+# cache, which halves the cost of the search over a 64 MB block.
+_SCAN_BYTES = 1 << 20
+
+
+def _line_ends(array: np.ndarray) -> np.ndarray:
+    """The offsets just after each line feed of `array`."""
+    ends = [np.flatnonzero(array[start:start + _SCAN_BYTES] == 10) + (start + 1)
+            for start in range(0, len(array), _SCAN_BYTES)]
+    return np.concatenate(ends) if ends else np.zeros(0, dtype=np.int64)
 
 
 def _short_enough(data: bytes, offsets: np.ndarray) -> np.ndarray:
