@@ -368,16 +368,18 @@ def _load_lines(conn, landed: LandedFile, file_id: str, hasher, now: datetime,
     for block in _prefetched(_line_blocks(landed, hasher)):
         count = len(block.offsets) - 1
         numbers = np.arange(line_no + 1, line_no + count + 1, dtype=np.int64)
-        chunk_lines = pa.Table.from_batches(  # noqa: F841 - read by name in FAST_SQL
+        # Read by name in FAST_SQL (DuckDB's replacement scan of a local variable), never
+        # registered: a view registered and dropped inside the file's transaction keeps its
+        # table alive until the commit, so every block of the file stayed in memory.
+        chunk_lines = pa.Table.from_batches(  # noqa: F841
             pa.table({"line_no": numbers, "line": block.lines,
                       "fast_candidate": block.candidate, "has_cut": block.has_cut,
                       "cut_prefix": block.cut_prefix, "cut_body": block.cut_body})
             .to_batches(max_chunksize=SCAN_BATCH_ROWS))
-        conn.register("chunk_lines", chunk_lines)
         params = [file_id, landed.name, now, skew_us]
         with _filters_in_place(conn):
             conn.execute(f"INSERT INTO raw.events BY NAME {FAST_SQL}", params)
-        conn.unregister("chunk_lines")
+        del chunk_lines
         first, last = line_no + 1, line_no + count
         fast = conn.sql(
             "SELECT line_no, partition_date, source_format FROM raw.events "
@@ -393,14 +395,13 @@ def _load_lines(conn, landed: LandedFile, file_id: str, hasher, now: datetime,
             taken[spread.column("line_no").to_numpy() - first] = True
             fast = pa.concat_tables([fast, spread])
         result.fast_lines += int(taken.sum())
-        conn.register("fast_rows", fast)
+        fast_rows = fast  # noqa: F841 - read by name below
         for day, source_format, events in conn.execute(
             "SELECT partition_date, source_format, count(*) FROM fast_rows GROUP BY ALL"
         ).fetchall():
             result.dates[day] += events
             result.formats[source_format] += events
             result.fast_events += events
-        conn.unregister("fast_rows")
         slow = np.flatnonzero(~taken)
         accepted, rejected = [], []
         for index in slow:
@@ -432,32 +433,22 @@ def _load_batches(conn, block: "_LineBlock", indexes: np.ndarray, first: int,
     an event is inserted whole; any other is left to the Python parser. Returns the line
     number, day and format of each event inserted."""
     lines = [block.data[block.offsets[i]:block.offsets[i + 1]] for i in indexes]
-    chunk_lines = pa.table({  # noqa: F841 - read by name in BATCH_SQL
+    # Both tables are read by name (replacement scans), not registered: see _load_lines.
+    chunk_lines = pa.table({  # noqa: F841
         "line_no": pa.array(indexes + first, pa.int64()),
-        "line": pa.array(lines, pa.binary()),
+        "line": pa.array([bytes(line) for line in lines], pa.binary()),
         "fast_candidate": pa.array(np.ones(len(lines), dtype=bool)),
         "has_cut": pa.array(np.zeros(len(lines), dtype=bool)),
         "cut_prefix": pa.nulls(len(lines), pa.binary_view()),
         "cut_body": pa.nulls(len(lines), pa.binary_view()),
     })
-    conn.register("chunk_lines", chunk_lines)
-    try:
-        with _filters_in_place(conn):
-            rows = conn.sql(BATCH_SQL, params=params).to_arrow_table()
-    finally:
-        conn.unregister("chunk_lines")
-    conn.register("batch_rows", rows)
-    try:
-        conn.execute(
-            "CREATE OR REPLACE TEMP VIEW _whole_batches AS SELECT * EXCLUDE (n_messages) "
-            "FROM batch_rows WHERE line_no IN (SELECT line_no FROM batch_rows "
-            "GROUP BY line_no HAVING count(*) = max(n_messages))")
-        conn.execute("INSERT INTO raw.events BY NAME SELECT * FROM _whole_batches")
-        return conn.sql(
-            "SELECT line_no, partition_date, source_format FROM _whole_batches").to_arrow_table()
-    finally:
-        conn.execute("DROP VIEW IF EXISTS _whole_batches")
-        conn.unregister("batch_rows")
+    with _filters_in_place(conn):
+        batch_rows = conn.sql(BATCH_SQL, params=params).to_arrow_table()  # noqa: F841
+    whole_batches = conn.sql(
+        "SELECT * EXCLUDE (n_messages) FROM batch_rows WHERE line_no IN (SELECT line_no "
+        "FROM batch_rows GROUP BY line_no HAVING count(*) = max(n_messages))").to_arrow_table()
+    conn.execute("INSERT INTO raw.events BY NAME SELECT * FROM whole_batches")
+    return whole_batches.select(["line_no", "partition_date", "source_format"])
 
 
 def _filters_in_place(conn: duckdb.DuckDBPyConnection):
@@ -662,9 +653,9 @@ def _insert_rows(conn, accepted: list[dict], rejected: list[dict]) -> None:
     for table, rows, schema in (("raw.events", accepted, RAW_SCHEMA),
                                 ("raw.rejected_lines", rejected, REJECTED_SCHEMA)):
         if rows:
-            conn.register("_python_rows", pl.DataFrame(rows, schema=schema, orient="row"))
-            conn.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _python_rows")
-            conn.unregister("_python_rows")
+            # Read by name, not registered: see _load_lines.
+            python_rows = pl.DataFrame(rows, schema=schema, orient="row")  # noqa: F841
+            conn.execute(f"INSERT INTO {table} BY NAME SELECT * FROM python_rows")
 
 
 def _row(day, source_file: str, file_id: str, line_no: int, message: Message) -> dict:
