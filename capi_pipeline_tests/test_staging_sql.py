@@ -117,6 +117,68 @@ def test_money_placeholders_ips_and_test_orders(tmp_path):
     assert (pixel["store"], pixel["click_id"]) == ("shop.example.com", "ab+c")
 
 
+
+def _pixel_event(event_id: str, name: str, data: dict) -> bytes:
+    return orjson.dumps({"received_at": "2026-12-01T09:00:05Z", "body": {
+        "id": event_id, "name": name, "clientId": f"c-{event_id}",
+        "timestamp": "2026-12-01T09:00:00Z", "data": data}})
+
+
+def _variant(product: str, price) -> dict:
+    return {"id": f"v-{product}", "price": price, "title": f"Size of {product}",
+            "product": {"id": product, "title": f"The {product}", "vendor": "Acme",
+                        "type": "Tees"}}
+
+
+def test_pixel_items_read_once_per_source_are_each_events_own(tmp_path):
+    """A pixel event's items come from whichever source it has (checkout line items, product
+    variant, cart line, cart, collection), read once per distinct source and given back to
+    every event holding it: each event gets its own source's items, money and cart token."""
+    tee = _variant("tee", {"amount": 12.5, "currencyCode": "USD"})
+    cap = _variant("cap", "$7.00")
+    lines = [
+        _pixel_event("a1", "product_viewed", {"productVariant": tee}),
+        _pixel_event("a2", "product_viewed", {"productVariant": tee}),
+        _pixel_event("b1", "product_viewed", {"productVariant": cap}),
+        _pixel_event("c1", "product_added_to_cart", {"cartLine": {
+            "quantity": "3", "merchandise": cap,
+            "cost": {"totalAmount": {"amount": "21.00", "currencyCode": "USD"}}}}),
+        _pixel_event("d1", "cart_viewed", {"cart": {
+            "id": "cart-9", "lines": [{"quantity": 2, "merchandise": tee},
+                                      {"quantity": 1, "merchandise": cap}],
+            "cost": {"totalAmount": {"amount": "32.00", "currencyCode": "USD"}}}}),
+        _pixel_event("d2", "cart_viewed", {"cart": {"id": "cart-8", "lines": "none"}}),
+        _pixel_event("e1", "collection_viewed", {"collection": {
+            "productVariants": [tee, cap, tee]}}),
+        _pixel_event("f1", "checkout_completed", {"checkout": {
+            "token": "tok-1", "subtotalPrice": {"amount": "19.50", "currencyCode": "USD"},
+            "lineItems": [{"quantity": 1, "variant": tee}, {"quantity": "1", "variant": cap}],
+            "order": {"id": "gid://shopify/Order/55"}}}),
+        _pixel_event("f2", "checkout_started", {"checkout": {"token": "tok-2",
+                                                             "lineItems": {"not": "a list"}}}),
+        _pixel_event("g1", "search_submitted", {"searchResult": {"query": "tee"}}),
+    ]
+    conn = _load(tmp_path, lines)
+    (day,) = _days(conn)
+    rows = {row["event_id"]: row for row in _assert_same_as_reference(conn, day).to_dicts()}
+
+    def items(event_id):
+        return [(i["id"], i["price"], i["quantity"]) for i in rows[event_id]["items"]]
+
+    assert items("a1") == items("a2") == [("tee", Decimal("12.50"), 1)]
+    assert items("b1") == [("cap", Decimal("7.00"), 1)]
+    assert (rows["a1"]["value"], rows["b1"]["value"]) == (Decimal("12.50"), Decimal("7.00"))
+    assert items("c1") == [("cap", Decimal("7.00"), 3)] and rows["c1"]["num_items"] == 3
+    assert rows["c1"]["value"] == Decimal("21.00")
+    assert items("d1") == [("tee", Decimal("12.50"), 2), ("cap", Decimal("7.00"), 1)]
+    assert (rows["d1"]["cart_token"], rows["d1"]["value"]) == ("cart-9", Decimal("32.00"))
+    assert (items("d2"), rows["d2"]["cart_token"]) == ([], "cart-8")
+    assert [i[0] for i in items("e1")] == ["tee", "cap", "tee"]
+    assert items("f1") == [("tee", Decimal("12.50"), 1), ("cap", Decimal("7.00"), 1)]
+    assert (rows["f1"]["value"], rows["f1"]["order_id"]) == (Decimal("19.50"), "55")
+    assert (items("f2"), rows["f2"]["checkout_token"]) == ([], "tok-2")
+    assert (items("g1"), rows["g1"]["search_string"]) == ([], "tee")
+
 @pytest.mark.skipif(not VALMI.exists(), reason=MISSING_SHARED)
 def test_real_webhooks_and_pixel_capture_stage_like_the_reference(tmp_path):
     lines = (VALMI / "pixel_events.ndjson").read_bytes().splitlines()

@@ -29,6 +29,14 @@ _VARIANT = _s(id=_V, sku=_V, title=_V, price=_J,
 _PIXEL_ADDRESS = _s(firstName=_V, lastName=_V, city=_V, provinceCode=_V, province=_V, zip=_V,
                     countryCode=_V, country=_V, phone=_V)
 _PRIVACY = _s(marketingAllowed=_V, saleOfDataAllowed=_V)
+_LINE_ITEM = _s(quantity=_V, variant=_VARIANT)
+_CART_LINE = _s(quantity=_V, merchandise=_VARIANT, cost=_s(totalAmount=_J))
+_CART = _s(id=_V, lines=f"[{_s(quantity=_V, merchandise=_VARIANT)}]", cost=_s(totalAmount=_J))
+# A pixel event's item sources (the checkout's line items, a product variant, a cart line, a
+# cart, a collection's variants) are read as their JSON text: a day's hundreds of thousands of
+# events hold a few thousand distinct ones, whose items (and a cart's id and total, a variant's
+# or cart line's price) PIXEL_ITEMS_SQL reads once each. Read here as nested structs and
+# turned into items event by event, they took a third of the pixel events' staging.
 PIXEL = _s(
     name=_V, clientId=_V,
     context=_s(document=_s(location=_s(href=_V)), navigator=_s(userAgent=_V)),
@@ -39,13 +47,12 @@ PIXEL = _s(
                     subtotalPrice=_J, billingAddress=_PIXEL_ADDRESS,
                     shippingAddress=_PIXEL_ADDRESS,
                     order=_s(id=_V, customer=_s(id=_V)),
-                    lineItems=f'[{_s(quantity=_V, variant=_VARIANT)}]'),
-        productVariant=_VARIANT,
-        cartLine=_s(quantity=_V, merchandise=_VARIANT, cost=_s(totalAmount=_J)),
-        cart=_s(id=_V, lines=f'[{_s(quantity=_V, merchandise=_VARIANT)}]',
-                cost=_s(totalAmount=_J)),
+                    lineItems=_J),
+        productVariant=_J,
+        cartLine=_J,
+        cart=_J,
         searchResult=_s(query=_V),
-        collection=_s(productVariants=f"[{_VARIANT}]"),
+        collection=_s(productVariants=_J),
     ),
 )
 _TRAITS = _s(email=_V, phone=_V, firstName=_V, first_name=_V, lastName=_V, last_name=_V,
@@ -158,6 +165,15 @@ CREATE OR REPLACE TEMP MACRO capi_variant_item(v, q) AS (
       'name': coalesce(capi_clean(v.product.title), capi_clean(v.title)),
       'price_json': v.price, 'quantity': q,
       'brand': capi_clean(v.product.vendor), 'category': capi_clean(v.product.type)}});
+-- A list of items (price as its JSON money value) with each price read as extract.money()
+-- reads it. Two passes: a macro repeats its argument, so each price's JSON is read once and
+-- the second pass reads the text.
+CREATE OR REPLACE TEMP MACRO capi_typed_items(items) AS (
+    list_transform(list_transform(items, lambda i: {{'id': i.id, 'name': i.name,
+            'price_text': capi_money_text(i.price_json), 'quantity': i.quantity,
+            'brand': i.brand, 'category': i.category}}),
+        lambda i: {{'id': i.id, 'name': i.name, 'price': capi_amount_of_text(i.price_text),
+                   'quantity': i.quantity, 'brand': i.brand, 'category': i.category}}));
 CREATE OR REPLACE TEMP MACRO capi_has_pixel_address(a) AS (
     a IS NOT NULL AND (a.firstName IS NOT NULL OR a.lastName IS NOT NULL OR a.city IS NOT NULL
         OR a.zip IS NOT NULL OR a.countryCode IS NOT NULL OR a.country IS NOT NULL
@@ -197,47 +213,42 @@ SELECT {_COMMON},
     NULL::VARCHAR AS store_url,
     NULL::VARCHAR AS explicit_click_id,
     CASE WHEN has_checkout THEN capi_order_id(c.order.id) END AS order_id,
-    CASE WHEN has_checkout THEN capi_checkout_token(page_url)
-         WHEN p.data.productVariant IS NULL AND p.data.cartLine IS NULL
-              AND p.data.cart IS NOT NULL THEN capi_clean(p.data.cart.id) END AS cart_token,
+    -- A cart's token, and the money of a variant, cart line or cart: PIXEL_ITEMS_SQL.
+    CASE WHEN has_checkout THEN capi_checkout_token(page_url) END AS cart_token,
     CASE WHEN has_checkout THEN capi_clean(c.token) END AS checkout_token,
     NULL::VARCHAR AS gender, NULL::VARCHAR AS date_of_birth, NULL::VARCHAR AS advertising_id,
     NULL::BOOLEAN AS ad_tracking_allowed,
     capi_flag(privacy.marketingAllowed) AS marketing_allowed,
     capi_flag(privacy.saleOfDataAllowed) AS sale_of_data_allowed,
-    CASE WHEN has_checkout THEN c.subtotalPrice
-         WHEN p.data.productVariant IS NOT NULL THEN p.data.productVariant.price
-         WHEN p.data.cartLine IS NOT NULL THEN p.data.cartLine.cost.totalAmount
-         WHEN p.data.cart IS NOT NULL THEN p.data.cart.cost.totalAmount
-    END AS money_json,
+    CASE WHEN has_checkout THEN c.subtotalPrice END AS money_json,
     CASE WHEN has_checkout THEN capi_clean(c.currencyCode) END AS money_hint,
     CASE WHEN has_checkout OR p.data.productVariant IS NOT NULL OR p.data.cartLine IS NOT NULL
               OR p.data.cart IS NOT NULL THEN NULL
          WHEN p.data.searchResult IS NOT NULL THEN capi_clean(p.data.searchResult.query)
     END AS search_string,
-    -- Each source's lines as (quantity, variant) pairs, then one pass that reads the items:
-    -- a reading in each arm of the CASE cost twice as much.
-    list_transform(
-        CASE WHEN has_checkout THEN list_transform(coalesce(c.lineItems, []),
-                  lambda l: {{'q': capi_quantity(l.quantity), 'v': l.variant}})
-             WHEN p.data.productVariant IS NOT NULL THEN [{{'q': 1, 'v': p.data.productVariant}}]
-             WHEN p.data.cartLine IS NOT NULL THEN [{{'q': capi_quantity(p.data.cartLine.quantity),
-                  'v': p.data.cartLine.merchandise}}]
-             WHEN p.data.cart IS NOT NULL THEN list_transform(coalesce(p.data.cart.lines, []),
-                  lambda l: {{'q': capi_quantity(l.quantity), 'v': l.merchandise}})
-             WHEN p.data.searchResult IS NOT NULL THEN []
-             WHEN p.data.collection IS NOT NULL THEN list_transform(
-                  coalesce(p.data.collection.productVariants, [])[1:50],
-                  lambda v: {{'q': NULL::INTEGER, 'v': v}})
-             ELSE [] END,
-        lambda x: capi_variant_item(x.v, x.q)) AS items,
+    -- Which source the items come from, in this order, and its JSON text (a JSON null is
+    -- NULL, as it was read as a struct; a list must be an array to be read as one).
+    CASE WHEN has_checkout THEN 'checkout'
+         WHEN p.data.productVariant IS NOT NULL THEN 'variant'
+         WHEN p.data.cartLine IS NOT NULL THEN 'cart_line'
+         WHEN p.data.cart IS NOT NULL THEN 'cart'
+         WHEN p.data.searchResult IS NOT NULL THEN NULL
+         WHEN p.data.collection IS NOT NULL THEN 'collection' END AS item_kind,
+    CASE WHEN has_checkout THEN c.lineItems
+         WHEN p.data.productVariant IS NOT NULL THEN p.data.productVariant
+         WHEN p.data.cartLine IS NOT NULL THEN p.data.cartLine
+         WHEN p.data.cart IS NOT NULL THEN p.data.cart
+         WHEN p.data.searchResult IS NOT NULL THEN NULL
+         WHEN p.data.collection IS NOT NULL THEN p.data.collection.productVariants
+    END::VARCHAR AS item_source,
     false AS row_is_test
 FROM (
     SELECT *, p.data.checkout AS c,
         CASE WHEN capi_has_pixel_address(p.data.checkout.billingAddress)
              THEN p.data.checkout.billingAddress ELSE p.data.checkout.shippingAddress END AS a,
         p.data.checkout IS NOT NULL AND (p.data.checkout.token IS NOT NULL
-            OR p.data.checkout.email IS NOT NULL OR p.data.checkout.lineItems IS NOT NULL
+            OR p.data.checkout.email IS NOT NULL
+            OR starts_with(p.data.checkout.lineItems, '[')
             OR p.data.checkout.subtotalPrice IS NOT NULL OR p.data.checkout.order.id IS NOT NULL
             OR p.data.checkout.currencyCode IS NOT NULL) AS has_checkout,
         capi_clean(p.context.document.location.href) AS page_url,
@@ -430,6 +441,49 @@ UNION ALL BY NAME
 {_SNOWPLOW_SELECT}
 """
 
+# The items of each distinct item source of the day's pixel events (see PIXEL), read as they
+# were when each event read its own; with a cart's token and the money a variant, cart line
+# or cart carries. `source_key` is the source's text, '' for none.
+PIXEL_ITEMS_SQL = f"""
+CREATE OR REPLACE TEMP TABLE _pixel_items AS
+SELECT item_kind, source_key, capi_typed_items(CASE item_kind
+        WHEN 'checkout' THEN list_transform(
+            coalesce(json_transform(item_source, '[{_LINE_ITEM}]'), []),
+            lambda l: capi_variant_item(l.variant, capi_quantity(l.quantity)))
+        WHEN 'variant' THEN [capi_variant_item(json_transform(item_source, '{_VARIANT}'), 1)]
+        WHEN 'cart_line' THEN [capi_variant_item(cart_line.merchandise,
+                                                 capi_quantity(cart_line.quantity))]
+        WHEN 'cart' THEN list_transform(coalesce(cart.lines, []),
+            lambda l: capi_variant_item(l.merchandise, capi_quantity(l.quantity)))
+        WHEN 'collection' THEN list_transform(
+            coalesce(json_transform(item_source, '[{_VARIANT}]'), [])[1:50],
+            lambda v: capi_variant_item(v, NULL::INTEGER))
+    END) AS items,
+    CASE item_kind
+        WHEN 'variant' THEN json_transform(item_source, '{{"price":"JSON"}}').price
+        WHEN 'cart_line' THEN cart_line.cost.totalAmount
+        WHEN 'cart' THEN cart.cost.totalAmount END AS money_json,
+    CASE WHEN item_kind = 'cart' THEN capi_clean(cart.id) END AS cart_token
+FROM (
+    SELECT item_kind, source_key, nullif(source_key, '') AS item_source,
+        CASE WHEN item_kind = 'cart_line'
+             THEN json_transform(nullif(source_key, ''), '{_CART_LINE}') END AS cart_line,
+        CASE WHEN item_kind = 'cart'
+             THEN json_transform(nullif(source_key, ''), '{_CART}') END AS cart
+    FROM (SELECT DISTINCT item_kind, coalesce(item_source, '') AS source_key
+          FROM _staging_pre WHERE item_kind IS NOT NULL)
+)
+"""
+
+# The typed items of each distinct list of items the day's other events hold (a pixel event's
+# come typed from PIXEL_ITEMS_SQL): product lists recur across a day's events, and reading
+# their prices once per list rather than once per event took a tenth of the final statement.
+ITEM_PRICES_SQL = """
+CREATE OR REPLACE TEMP TABLE _item_prices AS
+SELECT raw_items, capi_typed_items(raw_items) AS items
+FROM (SELECT DISTINCT items AS raw_items FROM _staging_pre WHERE items IS NOT NULL)
+"""
+
 URL_MAP_SQL = """
 CREATE OR REPLACE TEMP TABLE _url_map AS
 SELECT raw, capi_host(raw) AS host, capi_epik(raw) AS epik,
@@ -454,17 +508,24 @@ WITH arrivals AS (
                                  msg_index) AS arrival
           FROM _staging_pre)
 ),
-priced AS (
-    SELECT p.* EXCLUDE (items), capi_money_text(money_json) AS money_text,
-        k.arrival, k.repeat_of,
-        capi_money_own_text(money_json) AS money_own_text,
-        -- Two passes over the items: a macro repeats its argument, so the price's JSON is read
-        -- here once, and the next step reads the text.
-        list_transform(items, lambda i: {{'id': i.id, 'name': i.name,
-            'price_text': capi_money_text(i.price_json), 'quantity': i.quantity,
-            'brand': i.brand, 'category': i.category}}) AS item_texts
+sourced AS (
+    -- Each event's typed items (a pixel event's from its item source, with its cart's token
+    -- and money where they come from there).
+    SELECT p.* EXCLUDE (items, money_json, cart_token, item_kind, item_source),
+        coalesce(i.items, t.items, []) AS items,
+        coalesce(p.money_json, i.money_json) AS money_json,
+        coalesce(p.cart_token, i.cart_token) AS cart_token,
+        k.arrival, k.repeat_of
     FROM _staging_pre p
     JOIN arrivals k USING (source_file, line_no, msg_index)
+    LEFT JOIN _pixel_items i
+        ON i.item_kind = p.item_kind AND i.source_key = coalesce(p.item_source, '')
+    LEFT JOIN _item_prices t ON t.raw_items = p.items
+),
+priced AS (
+    SELECT *, capi_money_text(money_json) AS money_text,
+        capi_money_own_text(money_json) AS money_own_text
+    FROM sourced
 ),
 owned AS (
     SELECT * EXCLUDE (money_own_text), capi_currency(money_own_text) AS money_own FROM priced
@@ -477,16 +538,13 @@ monied AS (
     FROM owned
 ),
 valued AS (
-    SELECT * EXCLUDE (item_texts),
+    SELECT *,
         CASE WHEN money_py IS NOT NULL
              THEN capi_bounded(try_cast(split_part(money_py, '|', 1) AS DECIMAL(18, 2)))
              WHEN capi_clean(money_text) IS NOT NULL
              THEN capi_bounded(try_cast(money_text AS DECIMAL(18, 2))) END AS value,
         CASE WHEN money_py IS NOT NULL THEN nullif(split_part(money_py, '|', 2), '')
-             ELSE coalesce(money_own, capi_currency(money_hint)) END AS currency,
-        list_transform(item_texts, lambda i: {{'id': i.id, 'name': i.name,
-            'price': capi_amount_of_text(i.price_text), 'quantity': i.quantity,
-            'brand': i.brand, 'category': i.category}}) AS items
+             ELSE coalesce(money_own, capi_currency(money_hint)) END AS currency
     FROM monied
 ),
 typed AS (
@@ -602,6 +660,8 @@ def _prepare(conn: duckdb.DuckDBPyConnection, day) -> None:
     conn.execute(INGEST_MACROS)
     conn.execute(MACROS)
     conn.execute(PRE_SQL, [day])
+    conn.execute(PIXEL_ITEMS_SQL)
+    conn.execute(ITEM_PRICES_SQL)
     # What the URLs say (host, click id, a password page), read once per distinct URL: a day's
     # events share a few thousand page URLs, and the regular expressions cost more per row
     # than the join.
@@ -624,6 +684,8 @@ def _prepare(conn: duckdb.DuckDBPyConnection, day) -> None:
 def _cleanup(conn: duckdb.DuckDBPyConnection) -> None:
     conn.execute("DROP TABLE IF EXISTS _staging_pre")
     conn.execute("DROP TABLE IF EXISTS _url_map")
+    conn.execute("DROP TABLE IF EXISTS _pixel_items")
+    conn.execute("DROP TABLE IF EXISTS _item_prices")
     conn.unregister("_ip_map")
     conn.unregister("_ua_map")
 
