@@ -496,19 +496,26 @@ FIELDS = ("customer_id", "email", "phone", "first_name", "last_name", "city", "s
           "country", "ip", "user_agent", "click_id", "checkout_token", "cart_token", "value",
           "currency")
 
-FINAL_SQL = f"""
-WITH arrivals AS (
-    -- The order of arrival and the first arrival of each event id, on the key columns only:
-    -- a window over the wide rows would sort every column with them.
-    SELECT source_file, line_no, msg_index, arrival,
-        CASE WHEN row_number() OVER (PARTITION BY event_id ORDER BY arrival) > 1
-             THEN event_id END AS repeat_of
-    FROM (SELECT source_file, line_no, msg_index, event_id,
-              row_number() OVER (ORDER BY received_at NULLS LAST, source_file, line_no,
-                                 msg_index) AS arrival
-          FROM _staging_pre)
-),
-sourced AS (
+# The order of arrival and the first arrival of each event id, on the key columns only: a
+# window over the wide rows would sort every column with them.
+ARRIVALS_SQL = """
+CREATE OR REPLACE TEMP TABLE _arrivals AS
+SELECT source_file, line_no, msg_index, arrival,
+    CASE WHEN row_number() OVER (PARTITION BY event_id ORDER BY arrival) > 1
+         THEN event_id END AS repeat_of
+FROM (SELECT source_file, line_no, msg_index, event_id,
+          row_number() OVER (ORDER BY received_at NULLS LAST, source_file, line_no,
+                             msg_index) AS arrival
+      FROM _staging_pre)
+"""
+
+# The staged rows to typed and flagged rows, through the day's maps; `{where}` filters them.
+# The purchases reporting an order go through it on their own first (ORDERS_SQL), so that the
+# final statement reads the day's rows once, as a stream: when the order reports were worked
+# out from the same rows in one statement, DuckDB kept a copy of every wide row for its three
+# readers.
+_FLAGGED_CTES = """
+WITH sourced AS (
     -- Each event's typed items (a pixel event's from its item source, with its cart's token
     -- and money where they come from there).
     SELECT p.* EXCLUDE (items, money_json, cart_token, item_kind, item_source),
@@ -517,10 +524,11 @@ sourced AS (
         coalesce(p.cart_token, i.cart_token) AS cart_token,
         k.arrival, k.repeat_of
     FROM _staging_pre p
-    JOIN arrivals k USING (source_file, line_no, msg_index)
+    JOIN _arrivals k USING (source_file, line_no, msg_index)
     LEFT JOIN _pixel_items i
         ON i.item_kind = p.item_kind AND i.source_key = coalesce(p.item_source, '')
     LEFT JOIN _item_prices t ON t.raw_items = p.items
+    {where}
 ),
 priced AS (
     SELECT *, capi_money_text(money_json) AS money_text,
@@ -533,7 +541,7 @@ owned AS (
 monied AS (
     SELECT *,
         CASE WHEN capi_clean(money_text) IS NOT NULL
-                  AND NOT regexp_full_match(money_text, '\\d{{1,13}}(\\.\\d{{1,12}})?')
+                  AND NOT regexp_full_match(money_text, '\\d{1,13}(\\.\\d{1,12})?')
              THEN capi_py_money(money_text, coalesce(money_own, money_hint)) END AS money_py
     FROM owned
 ),
@@ -566,18 +574,25 @@ flagged AS (
     SELECT t.*, coalesce(b.is_bot, false) OR coalesce(t.row_is_spider, false) AS is_bot
     FROM typed t
     LEFT JOIN _ua_map b ON b.raw = t.user_agent
-),
-reports AS (
-    SELECT order_id, arrival, event_id,
-        row_number() OVER (PARTITION BY order_id
-            ORDER BY source_format <> 'shopify_pixel', event_time, arrival) AS report_rank,
-        count(*) OVER (PARTITION BY order_id) AS report_count
-    FROM flagged
-    WHERE repeat_of IS NULL AND event_type = 'purchase' AND order_id IS NOT NULL
-),
+)
+"""
+
+# The first arrival of each purchase that reports an order, their rank (the pixel's report
+# first, then the earliest) and how many reports each order has.
+ORDERS_SQL = ("CREATE OR REPLACE TEMP TABLE _order_reports AS" + _FLAGGED_CTES.replace(
+    "{where}", "WHERE k.repeat_of IS NULL AND p.event_type = 'purchase' "
+               "AND p.order_id IS NOT NULL") + """
+SELECT *,
+    row_number() OVER (PARTITION BY order_id
+        ORDER BY source_format <> 'shopify_pixel', event_time, arrival) AS report_rank,
+    count(*) OVER (PARTITION BY order_id) AS report_count
+FROM flagged
+""")
+
+FINAL_SQL = _FLAGGED_CTES.replace("{where}", "") + f""",
 winners AS (
     SELECT order_id, event_id AS winner_id, arrival AS winner_arrival
-    FROM reports WHERE report_rank = 1 AND report_count > 1
+    FROM _order_reports WHERE report_rank = 1 AND report_count > 1
 ),
 fills AS (
     SELECT f.order_id,
@@ -586,8 +601,8 @@ fills AS (
         bool_or(f.is_test) AS is_test,
         first(f.items ORDER BY f.arrival) FILTER (WHERE len(f.items) > 0) AS items,
         first(f.num_items ORDER BY f.arrival) FILTER (WHERE len(f.items) > 0) AS num_items
-    FROM flagged f JOIN reports r ON r.arrival = f.arrival
-    WHERE r.report_count > 1
+    FROM _order_reports f
+    WHERE f.report_count > 1
     GROUP BY f.order_id
 )
 SELECT
@@ -614,7 +629,7 @@ SELECT
 FROM flagged f
 LEFT JOIN winners w ON w.winner_arrival = f.arrival
 LEFT JOIN fills x ON x.order_id = f.order_id AND w.winner_arrival IS NOT NULL
-LEFT JOIN reports r ON r.arrival = f.arrival
+LEFT JOIN _order_reports r ON r.arrival = f.arrival
 LEFT JOIN winners o ON o.order_id = f.order_id AND r.arrival IS NOT NULL
 ORDER BY f.arrival
 """
@@ -679,10 +694,14 @@ def _prepare(conn: duckdb.DuckDBPyConnection, day) -> None:
     conn.register("_ua_map", pa.table({
         "raw": pa.array(agents, pa.string()),
         "is_bot": pa.array([py.is_bot(ua) for ua in agents], pa.bool_())}))
+    conn.execute(ARRIVALS_SQL)
+    conn.execute(ORDERS_SQL)
 
 
 def _cleanup(conn: duckdb.DuckDBPyConnection) -> None:
     conn.execute("DROP TABLE IF EXISTS _staging_pre")
+    conn.execute("DROP TABLE IF EXISTS _arrivals")
+    conn.execute("DROP TABLE IF EXISTS _order_reports")
     conn.execute("DROP TABLE IF EXISTS _url_map")
     conn.execute("DROP TABLE IF EXISTS _pixel_items")
     conn.execute("DROP TABLE IF EXISTS _item_prices")
