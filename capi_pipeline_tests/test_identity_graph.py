@@ -595,3 +595,41 @@ def test_deleted_rows_are_reclaimed_once_they_are_a_third_of_a_table():
     graph.stage(1, client_id="c0")
     graph.run()
     assert graph.rows(setting) == default
+
+
+def test_a_day_s_profiles_of_one_event_and_of_several_match_a_rebuild_from_every_event():
+    """A day's profiles are taken as the event's own values for a visitor with one event that
+    day and aggregated for one with several; a visitor joining one known visitor combines
+    two profiles without the aggregate of several. Each must end as a full computation's."""
+    graph = Graph()
+    graph.stage(0, hour=8, client_id="one", email="one@example.com", city="Oslo",
+                ip="203.0.113.1")
+    graph.stage(0, hour=8, client_id="many", first_name="Mo", click_id=EPIK)
+    graph.stage(0, hour=8, client_id="joined", phone="+14155550122", zip="10001")
+    assert graph.run()["full_recompute"] == 1
+    # One event: its email empty, so the profile's stays; its own web fact and state win.
+    graph.stage(1, hour=9, client_id="one", state="CA", ip="198.51.100.1", click_id="clk-1")
+    # Several: the latest non-empty value of each field, from different events.
+    graph.stage(1, hour=7, client_id="many", email="early@example.com", last_name="Lee")
+    graph.stage(1, hour=11, client_id="many", email="late@example.com", action_source="app")
+    graph.stage(1, hour=10, client_id="many", first_name="Moe", city="Rome", country="IT")
+    # A new identifier added to a known visitor: one old profile and the day's, combined.
+    graph.stage(1, hour=6, client_id="joined", email="joined@example.com", gender="m")
+    graph.stage(1, hour=12, client_id="new", email="new@example.com")
+    stats = graph.run()
+    assert (stats["full_recompute"], stats["new_hubs"]) == (0, 0)
+
+    one = graph.profile(graph.visitor("client:one"))
+    assert (one["email"], one["state"], one["city"], one["ip"], one["click_id"]) == (
+        "one@example.com", "CA", None, "198.51.100.1", "clk-1")
+    many = graph.profile(graph.visitor("client:many"))
+    assert (many["events"], many["email"], many["first_name"], many["last_name"]) == (
+        4, "late@example.com", "Moe", "Lee")
+    assert (many["city"], many["click_id"], many["email_seen_at"]) == ("Rome", EPIK, at(1, 11))
+    joined = graph.profile(graph.visitor("client:joined"))
+    assert (joined["identifiers"], joined["events"], joined["phone"], joined["email"]) == (
+        3, 2, "+14155550122", "joined@example.com")
+
+    fresh, stats = run_once_on_the_same_staging(graph)
+    assert stats["full_recompute"] == 1
+    assert profiles_by_identifiers(fresh) == profiles_by_identifiers(graph)
