@@ -633,3 +633,29 @@ def test_a_day_s_profiles_of_one_event_and_of_several_match_a_rebuild_from_every
     fresh, stats = run_once_on_the_same_staging(graph)
     assert stats["full_recompute"] == 1
     assert profiles_by_identifiers(fresh) == profiles_by_identifiers(graph)
+
+
+def test_a_day_s_events_are_attributed_from_the_latest_earlier_click_and_a_late_event_too():
+    """A daily run attributes a visitor's new events from the latest click its profile holds
+    when every new event is after it, without looking up its older clicks; a late event (one
+    before that click) is attributed from all of them. Both as a full computation does."""
+    graph = Graph()
+    graph.stage(0, hour=10, client_id="c1", click_id="clk-a")
+    graph.stage(0, hour=20, client_id="c1", click_id="clk-b")
+    graph.stage(0, hour=9, client_id="c2", click_id="clk-c")
+    graph.run()
+    after = graph.stage(1, hour=8, client_id="c1", event_type="checkout")
+    late = graph.stage(1, hour=-6, client_id="c1")  # day 0 at 18:00
+    merged = graph.stage(1, hour=12, client_id="c2", email="two@example.com")
+    stats = graph.run()
+    assert (stats["full_recompute"], stats["new_hubs"]) == (0, 0)
+    attributed = ("SELECT attributed_click_id, attributed_click_at FROM identity.event_visitors "
+                  "WHERE event_key = ?")
+    assert graph.rows(attributed, after) == [("clk-b", at(0, 20))]
+    assert graph.rows(attributed, late) == [("clk-a", at(0, 10))]
+    assert graph.rows(attributed, merged) == [("clk-c", at(0, 9))]
+
+    fresh, _ = run_once_on_the_same_staging(graph)
+    everything = ("SELECT event_key, attributed_click_id, attributed_click_at "
+                  "FROM identity.event_visitors ORDER BY event_key")
+    assert graph.rows(everything) == fresh.rows(everything)

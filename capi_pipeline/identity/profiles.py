@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import duckdb
 
 from capi_pipeline.identity.rules import KINDS, GraphRules
@@ -217,21 +219,9 @@ FROM latest l
 
 # An event's click id is its own, else the visitor's latest click before it within the
 # attribution window: what a conversion days after the landing page is attributed to.
+# `attributed_events` are the events to attribute, `run_clicks` their visitors' clicks.
 ATTRIBUTION_SQL = """
 CREATE OR REPLACE TEMP TABLE run_attribution AS
-WITH events AS (
-    SELECT rowid AS row, visitor_id, event_time, click_id FROM identity.event_visitors
-    WHERE {written}
-    UNION
-    SELECT e.rowid AS row, e.visitor_id, e.event_time, e.click_id
-    FROM identity.event_visitors e JOIN attributed_nodes a ON a.node_id = e.anchor_node_id
-    WHERE (a.since IS NULL OR e.event_time >= a.since)
-      AND (NOT a.unclicked OR e.attributed_click_id IS NOT NULL)
-),
-clicks AS (
-    SELECT visitor_id, event_time AS click_time, click_id FROM identity.event_visitors
-    WHERE click_id IS NOT NULL AND visitor_id IN (SELECT visitor_id FROM events)
-)
 SELECT e.row,
        CASE WHEN e.click_id IS NOT NULL THEN e.click_id
             WHEN e.event_time - c.click_time <= to_days($window_days) THEN c.click_id END
@@ -239,8 +229,26 @@ SELECT e.row,
        CASE WHEN e.click_id IS NOT NULL THEN e.event_time
             WHEN e.event_time - c.click_time <= to_days($window_days) THEN c.click_time END
            AS attributed_click_at
-FROM events e
-ASOF LEFT JOIN clicks c ON c.visitor_id = e.visitor_id AND e.event_time >= c.click_time
+FROM attributed_events e
+ASOF LEFT JOIN run_clicks c ON c.visitor_id = e.visitor_id AND e.event_time >= c.click_time
+"""
+
+# Events kept from earlier runs to attribute again: those of attributed_visitors from `since`
+# on, found by visitor id within the row groups from the earliest `since` on (the events of a
+# visitor who clicked on the days read: in the latest row groups), and every event of
+# attributed_nodes, through an integer probe of every event row's anchor.
+KEPT_EVENTS_SQL = """
+INSERT INTO attributed_events
+SELECT e.rowid AS row, e.visitor_id, e.event_time, e.click_id
+FROM identity.event_visitors e
+JOIN (SELECT visitor_id, min(since) AS since FROM attributed_visitors
+      WHERE since IS NOT NULL GROUP BY visitor_id) a USING (visitor_id)
+WHERE e.event_time >= a.since AND e.event_time >= $floor AND NOT ({written})
+UNION
+SELECT e.rowid AS row, e.visitor_id, e.event_time, e.click_id
+FROM identity.event_visitors e JOIN attributed_nodes a ON a.node_id = e.anchor_node_id
+WHERE {by_nodes} AND (NOT a.unclicked OR e.attributed_click_id IS NOT NULL)
+  AND NOT ({written})
 """
 
 
@@ -278,17 +286,13 @@ def attribute_clicks(conn: duckdb.DuckDBPyConnection, rules: GraphRules, written
     # Their events are found through their identifiers (see affected_nodes).
     conn.execute(f"""
         CREATE OR REPLACE TEMP TABLE attributed_nodes AS
-        SELECT n.node_id, a.since, a.unclicked
-        FROM (SELECT node_id, visitor_id FROM {rebuilt_nodes}
-              UNION ALL
-              SELECT node_id, visitor_id FROM identity.identifiers
-              WHERE visitor_id IN (SELECT visitor_id FROM attributed_visitors WHERE since
-                                   IS NOT NULL)) n
-        JOIN attributed_visitors a USING (visitor_id)
+        SELECT n.node_id, a.unclicked
+        FROM {rebuilt_nodes} n JOIN attributed_visitors a USING (visitor_id)
+        WHERE a.since IS NULL
     """)
     if combine:
         conn.execute(f"""
-            INSERT INTO attributed_nodes
+            CREATE OR REPLACE TEMP TABLE redone_parts AS
             WITH day_clicks AS (
                 SELECT visitor_id, min(event_time) AS first_click FROM identity.event_visitors
                 WHERE {written} AND click_id IS NOT NULL
@@ -301,18 +305,37 @@ def attribute_clicks(conn: duckdb.DuckDBPyConnection, rules: GraphRules, written
                            - m.clicked::INTEGER AS others_clicked,
                        d.first_click
                 FROM combined_ids m LEFT JOIN day_clicks d USING (visitor_id)
-            ),
-            redone AS (
-                SELECT old_visitor_id,
-                       CASE WHEN others_clicked > 0 THEN NULL ELSE first_click END AS since
-                FROM parts
-                WHERE old_visitor_id <> '' AND (others_clicked > 0 OR first_click IS NOT NULL)
             )
-            SELECT n.node_id, r.since, false
-            FROM node_components n JOIN redone r USING (old_visitor_id)
+            SELECT visitor_id, old_visitor_id,
+                   CASE WHEN others_clicked > 0 THEN NULL ELSE first_click END AS since
+            FROM parts
+            WHERE old_visitor_id <> '' AND (others_clicked > 0 OR first_click IS NOT NULL)
         """)
-    conn.execute(ATTRIBUTION_SQL.replace("{written}", written),
-                 {"window_days": rules.attribution_window_days})
+        # A part redone from the days' first click on: every event of the merged visitor
+        # from then on (the other parts' too, which attributing again leaves as they are).
+        conn.execute("""
+            INSERT INTO attributed_visitors
+            SELECT visitor_id, since, false FROM redone_parts WHERE since IS NOT NULL
+        """)
+        conn.execute("""
+            INSERT INTO attributed_nodes
+            SELECT n.node_id, false
+            FROM node_components n JOIN redone_parts r USING (old_visitor_id)
+            WHERE r.since IS NULL
+        """)
+    conn.execute(f"""
+        CREATE OR REPLACE TEMP TABLE attributed_events AS
+        SELECT rowid AS row, visitor_id, event_time, click_id FROM identity.event_visitors
+        WHERE {written}
+    """)
+    nodes, floor = conn.execute(
+        "SELECT (SELECT count(*) FROM attributed_nodes), min(since) FROM attributed_visitors"
+    ).fetchone()
+    if nodes or floor is not None:
+        conn.execute(KEPT_EVENTS_SQL.format(written=written, by_nodes="TRUE" if nodes else "FALSE"),
+                     {"floor": floor})
+    _run_clicks(conn, rules, written, combine)
+    conn.execute(ATTRIBUTION_SQL, {"window_days": rules.attribution_window_days})
     conn.execute("""
         UPDATE identity.event_visitors e
         SET attributed_click_id = a.attributed_click_id,
@@ -322,6 +345,56 @@ def attribute_clicks(conn: duckdb.DuckDBPyConnection, rules: GraphRules, written
           AND (e.attributed_click_id IS DISTINCT FROM a.attributed_click_id
                OR e.attributed_click_at IS DISTINCT FROM a.attributed_click_at)
     """)
+
+
+def _run_clicks(conn: duckdb.DuckDBPyConnection, rules: GraphRules, written: str,
+                combine: bool) -> None:
+    """`run_clicks`: the clicks of the visitors of attributed_events that can be any event's
+    latest click within the window (none before the earliest event's window).
+
+    With `combine`, a visitor whose events to attribute are all at or after the latest click
+    of its events kept from earlier runs (prior_clicks, from the profiles it had) needs no
+    other of those: its clicks are that one and the ones written in this run. Only the other
+    visitors' clicks are looked for over every event row (none when each visitor's events are
+    the days' own, the daily case).
+    """
+    start = conn.execute("SELECT min(event_time) FROM attributed_events").fetchone()[0]
+    if start is None:
+        conn.execute("CREATE OR REPLACE TEMP TABLE run_clicks "
+                     "(visitor_id VARCHAR, click_time TIMESTAMPTZ, click_id VARCHAR)")
+        return
+    floor = start - timedelta(days=rules.attribution_window_days)
+    looked_up = "(SELECT visitor_id FROM attributed_events)"
+    if combine:
+        conn.execute("""
+            CREATE OR REPLACE TEMP TABLE known_clicks AS
+            SELECT p.visitor_id, p.click_id, p.click_time
+            FROM prior_clicks p
+            JOIN (SELECT visitor_id, min(event_time) AS first_event FROM attributed_events
+                  GROUP BY visitor_id) e USING (visitor_id)
+            WHERE p.click_time IS NULL OR e.first_event >= p.click_time
+        """)
+        conn.execute(f"""
+            CREATE OR REPLACE TEMP TABLE run_clicks AS
+            SELECT visitor_id, click_time, click_id FROM known_clicks
+            WHERE click_id IS NOT NULL AND click_time >= $floor
+            UNION ALL
+            SELECT visitor_id, event_time, click_id FROM identity.event_visitors
+            WHERE {written} AND click_id IS NOT NULL AND event_time >= $floor
+              AND visitor_id IN (SELECT visitor_id FROM known_clicks)
+        """, {"floor": floor})
+        looked_up = ("(SELECT visitor_id FROM attributed_events "
+                     "EXCEPT SELECT visitor_id FROM known_clicks)")
+    else:
+        conn.execute("CREATE OR REPLACE TEMP TABLE run_clicks "
+                     "(visitor_id VARCHAR, click_time TIMESTAMPTZ, click_id VARCHAR)")
+    if conn.execute(f"SELECT count(*) FROM {looked_up}").fetchone()[0]:
+        conn.execute(f"""
+            INSERT INTO run_clicks
+            SELECT visitor_id, event_time, click_id FROM identity.event_visitors
+            WHERE click_id IS NOT NULL AND event_time >= $floor
+              AND visitor_id IN {looked_up}
+        """, {"floor": floor})
 
 
 # Each (value, seen at) of a profile combined with the same from the days read: the later wins.
@@ -417,7 +490,7 @@ def refresh_profiles(conn: duckdb.DuckDBPyConnection, written: str, combine: boo
     # read every column of its 1.65M rows (at 10M events).
     conn.execute("""
         CREATE OR REPLACE TEMP TABLE old_profiles AS
-        SELECT rowid AS _row, visitor_id, click_id IS NOT NULL AS clicked
+        SELECT rowid AS _row, visitor_id, click_id, click_id_seen_at
         FROM identity.visitor_profiles
         WHERE visitor_id IN (SELECT visitor_id FROM affected_visitors
                              UNION ALL SELECT visitor_id FROM extended_visitors)
@@ -427,7 +500,7 @@ def refresh_profiles(conn: duckdb.DuckDBPyConnection, written: str, combine: boo
         # The visitors of the changed components, each with the old visitors it joined.
         conn.execute("""
             CREATE OR REPLACE TEMP TABLE combined_ids AS
-            SELECT m.*, coalesce(p.clicked, false) AS clicked
+            SELECT m.*, p.click_id IS NOT NULL AS clicked
             FROM (SELECT DISTINCT c.visitor_id, n.old_visitor_id
                   FROM node_components n JOIN component_ids c USING (component)
                   WHERE c.visitor_id IN (SELECT visitor_id FROM affected_visitors)) m
@@ -447,6 +520,19 @@ def refresh_profiles(conn: duckdb.DuckDBPyConnection, written: str, combine: boo
                 SELECT visitor_id FROM combined_ids UNION SELECT old_visitor_id FROM combined_ids)
         """)
         rebuilt = "rebuilt_nodes"
+        # Per extended or combined visitor, the latest click of the events it had before this
+        # run: that of the profiles it had (attribute_clicks needs no older one).
+        conn.execute("""
+            CREATE OR REPLACE TEMP TABLE prior_clicks AS
+            SELECT visitor_id, arg_max(click_id, click_id_seen_at) AS click_id,
+                   max(click_id_seen_at) AS click_time
+            FROM (SELECT visitor_id, click_id, click_id_seen_at FROM old_profiles
+                  WHERE visitor_id IN (SELECT visitor_id FROM extended_visitors)
+                  UNION ALL
+                  SELECT m.visitor_id, o.click_id, o.click_id_seen_at
+                  FROM combined_ids m LEFT JOIN old_profiles o ON o.visitor_id = m.old_visitor_id)
+            GROUP BY visitor_id
+        """)
     conn.execute("CREATE OR REPLACE TEMP TABLE day_profiles AS " + DAY_PROFILES_SQL.format(
         which=written + " AND visitor_id IN (SELECT visitor_id FROM extended_visitors"
         + (" UNION ALL SELECT visitor_id FROM combined_ids" if combine else "") + ")"))
