@@ -659,3 +659,36 @@ def test_a_day_s_events_are_attributed_from_the_latest_earlier_click_and_a_late_
     everything = ("SELECT event_key, attributed_click_id, attributed_click_at "
                   "FROM identity.event_visitors ORDER BY event_key")
     assert graph.rows(everything) == fresh.rows(everything)
+
+
+def test_a_daily_run_updates_the_refused_edges_its_day_touched_and_no_other():
+    """An incremental run looks only at the pairs of its days and the edges of new hubs: a
+    refused pair seen again gets its new count, a new pair on a hub is listed, a pair of a
+    hub found that day is listed, and the rest stay. As a full computation lists them."""
+    graph = Graph()
+    for n in range(26):
+        graph.stage(0, client_id=f"c{n}", email="shared@example.com")
+    graph.stage(0, client_id="kiosk", email="p1@example.com")
+    graph.stage(0, client_id="kiosk", email="p2@example.com")
+    graph.stage(0, client_id="kiosk", email="p3@example.com")
+    graph.stage(0, client_id="kiosk", email="p4@example.com")
+    graph.run()
+    refused = ("SELECT least(node_a, node_b), greatest(node_a, node_b), reason, events "
+               "FROM identity.refused_edges ORDER BY ALL")
+    assert len(graph.rows(refused)) == 26
+    graph.stage(1, client_id="c3", email="shared@example.com")
+    graph.stage(1, client_id="c99", email="shared@example.com")
+    graph.stage(1, client_id="kiosk", email="p5@example.com")
+    stats = graph.run()
+    assert (stats["full_recompute"], stats["new_hubs"]) == (0, 1)
+    rows = graph.rows(refused)
+    assert len(rows) == 27 + 5
+    # (A hub's reason keeps the count it was found with.)
+    assert ("client:c3", "email:shared@example.com",
+            "hub: on 26 client ids, limit 25", 2) in rows
+    assert ("client:c99", "email:shared@example.com",
+            "hub: on 26 client ids, limit 25", 1) in rows
+
+    fresh, _ = run_once_on_the_same_staging(graph)
+    pairs = f"SELECT a, b, events FROM ({refused}) t(a, b, reason, events) ORDER BY ALL"
+    assert graph.rows(pairs) == fresh.rows(pairs)

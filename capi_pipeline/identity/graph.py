@@ -274,7 +274,7 @@ def _apply(conn: duckdb.DuckDBPyConnection, rules: GraphRules, plan: RunPlan,
     clock.done("profiles")
     attribute_clicks(conn, rules, written, combine)
     clock.done("click attribution")
-    write_refused_edges(conn)
+    write_refused_edges(conn, plan.full, new_hubs)
     clock.done("refused edges")
     stats = _stats(conn, plan, new_hubs, size_refused, changes)
     clock.done("counts")

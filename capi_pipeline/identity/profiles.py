@@ -570,22 +570,42 @@ def refresh_profiles(conn: duckdb.DuckDBPyConnection, written: str, combine: boo
         which=f"anchor_node_id IN (SELECT node_id FROM {rebuilt})", nodes=rebuilt))
 
 
-def write_refused_edges(conn: duckdb.DuckDBPyConnection) -> None:
-    """The list of refused edges, with only its differences written (most days add a few)."""
-    conn.execute("""
+def write_refused_edges(conn: duckdb.DuckDBPyConnection, full: bool,
+                        new_hubs: list[int]) -> None:
+    """The list of refused edges, with only its differences written (most days add a few).
+
+    An incremental run only adds pairs and counts (run_pairs; the size guard refuses only new
+    pairs among them) and hubs (new_hubs): only the rows of those edges can change, so only
+    they are looked at, where a full run looks at every edge.
+    """
+    edges = "identity.edges"
+    if not full:
+        conn.execute("""
+            CREATE OR REPLACE TEMP TABLE looked_at_edges AS
+            SELECT node_a, node_b, a_id, b_id, events, refused_reason FROM identity.edges
+            WHERE (a_id, b_id) IN (SELECT a_id, b_id FROM run_pairs)
+               OR a_id IN (SELECT unnest($hubs::BIGINT[]))
+               OR b_id IN (SELECT unnest($hubs::BIGINT[]))
+        """, {"hubs": new_hubs})
+        edges = "looked_at_edges"
+    conn.execute(f"""
         CREATE OR REPLACE TEMP TABLE run_refused AS
         SELECT e.node_a, e.node_b,
                coalesce(e.refused_reason, ha.hub_reason, hb.hub_reason) AS reason,
                e.events
-        FROM identity.edges e
+        FROM {edges} e
         LEFT JOIN (SELECT node_id, hub_reason FROM identity.identifiers
                    WHERE hub_reason IS NOT NULL) ha ON ha.node_id = e.a_id
         LEFT JOIN (SELECT node_id, hub_reason FROM identity.identifiers
                    WHERE hub_reason IS NOT NULL) hb ON hb.node_id = e.b_id
         WHERE e.refused_reason IS NOT NULL OR ha.node_id IS NOT NULL OR hb.node_id IS NOT NULL
     """)
-    conn.execute("""
-        DELETE FROM identity.refused_edges r WHERE NOT EXISTS (
+    looked_at = "TRUE"
+    if not full:
+        looked_at = f"""EXISTS (SELECT 1 FROM {edges} c
+                                WHERE c.node_a = r.node_a AND c.node_b = r.node_b)"""
+    conn.execute(f"""
+        DELETE FROM identity.refused_edges r WHERE {looked_at} AND NOT EXISTS (
             SELECT 1 FROM run_refused n WHERE n.node_a = r.node_a AND n.node_b = r.node_b
                 AND n.reason = r.reason AND n.events = r.events)
     """)
