@@ -266,10 +266,10 @@ def _apply(conn: duckdb.DuckDBPyConnection, rules: GraphRules, plan: RunPlan,
     clock.done("components and size guard")
     changes = assign_visitor_ids(conn, node_ids, labels, plan.full)
     clock.done("visitor ids and id map")
-    update_events(conn, new_hubs, written)
-    clock.done("events' visitors")
     # An incremental run that found no hub only merges and grows visitors.
     combine = not plan.full and not new_hubs
+    update_events(conn, new_hubs, written, combine)
+    clock.done("events' visitors")
     refresh_profiles(conn, written, combine)
     clock.done("profiles")
     attribute_clicks(conn, rules, written, combine)
@@ -372,12 +372,15 @@ def _extract(conn: duckdb.DuckDBPyConnection, rules: GraphRules) -> None:
     next_id = conn.execute(
         "SELECT coalesce(max(node_id), -1) + 1 FROM identity.identifiers").fetchone()[0]
     # The days' identifiers are looked up by key once (a join over every identifier's key):
-    # the known ones keep their node id, the others are numbered from next_id.
+    # the known ones keep their node id, the others are numbered from next_id. Their visitor
+    # ids as the run starts are kept too: the run's event rows take their anchor's from there
+    # (or from node_changes), not from a join over every identifier.
     conn.execute("""
         CREATE OR REPLACE TEMP TABLE run_keys AS
-        SELECT n.node_key, n.kind, n.value, i.node_id
+        SELECT n.node_key, n.kind, n.value, i.node_id, i.visitor_id
         FROM (SELECT DISTINCT node_key, kind, value FROM run_nodes) n
-        LEFT JOIN (SELECT node_key, node_id FROM identity.identifiers) i USING (node_key)
+        LEFT JOIN (SELECT node_key, node_id, visitor_id FROM identity.identifiers) i
+            USING (node_key)
     """)
     conn.execute("""
         CREATE OR REPLACE TEMP TABLE new_keys AS
@@ -391,9 +394,9 @@ def _extract(conn: duckdb.DuckDBPyConnection, rules: GraphRules) -> None:
     """)
     conn.execute("""
         CREATE OR REPLACE TEMP TABLE run_key_ids AS
-        SELECT node_key, kind AS identifier_type, node_id FROM run_keys
+        SELECT node_key, kind AS identifier_type, node_id, visitor_id FROM run_keys
         WHERE node_id IS NOT NULL
-        UNION ALL SELECT node_key, kind, node_id FROM new_keys
+        UNION ALL SELECT node_key, kind, node_id, '' FROM new_keys
     """)
     conn.execute("""
         CREATE OR REPLACE TEMP TABLE run_node_ids AS

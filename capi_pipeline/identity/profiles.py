@@ -27,17 +27,20 @@ def insert_events(conn: duckdb.DuckDBPyConnection) -> None:
         WHERE n.ev IN (SELECT _ev FROM run_inserts)
         GROUP BY n.ev
     """)
+    # The anchor's visitor: the one this run gave it, else the one it had (run_key_ids).
     conn.execute("""
         INSERT INTO identity.event_visitors BY NAME
         SELECT r.* EXCLUDE (_ev) REPLACE (a.anchor_node_id AS anchor_node_id,
-                                          i.visitor_id AS visitor_id)
+                                          coalesce(c.visitor_id, k.visitor_id) AS visitor_id)
         FROM run_inserts r
         JOIN run_anchor_ids a ON a.ev = r._ev
-        JOIN identity.identifiers i ON i.node_id = a.anchor_node_id
+        JOIN run_key_ids k ON k.node_id = a.anchor_node_id
+        LEFT JOIN node_changes c ON c.node_id = a.anchor_node_id
     """)
 
 
-def update_events(conn: duckdb.DuckDBPyConnection, new_hubs: list[int], written: str) -> None:
+def update_events(conn: duckdb.DuckDBPyConnection, new_hubs: list[int], written: str,
+                  combine: bool) -> None:
     """Point each event at its visitor: the visitor of its most personal identifier that is
     not a hub, so a purchase made on a shop's kiosk goes to the buyer, not to the kiosk.
 
@@ -78,27 +81,30 @@ def update_events(conn: duckdb.DuckDBPyConnection, new_hubs: list[int], written:
         FROM run_anchors a WHERE e.rowid = a.row AND e.anchor_node_id <> a.anchor_node_id
     """)
     # An older row moves only when its anchor's visitor changed (a merge, a split, a new
-    # anchor): those are found over two narrow columns, then replaced whole by row id.
+    # anchor): those are found over the anchors (integers), then replaced whole by row id.
+    # A row anchored on an identifier of node_changes had that identifier's old visitor, so
+    # it moves without comparing visitor ids over every row; a row given another anchor
+    # moves when the new anchor's visitor is another.
     conn.execute("""
         CREATE OR REPLACE TEMP TABLE moved_events AS
-        SELECT e.rowid AS row, i.visitor_id
-        FROM identity.event_visitors e
-        JOIN (SELECT node_id, visitor_id FROM identity.identifiers
-              WHERE node_id IN (SELECT node_id FROM node_changes
-                                UNION SELECT anchor_node_id FROM run_anchors)) i
-          ON e.anchor_node_id = i.node_id
-        WHERE e.visitor_id <> i.visitor_id
+        SELECT e.rowid AS row, c.visitor_id
+        FROM identity.event_visitors e JOIN node_changes c ON e.anchor_node_id = c.node_id
+        UNION
+        SELECT a.row, i.visitor_id
+        FROM run_anchors a JOIN identity.identifiers i ON i.node_id = a.anchor_node_id
+        WHERE a.visitor_id <> i.visitor_id
     """)
     replace_rows(conn, "identity.event_visitors", """
         SELECT e.rowid AS _row, e.* REPLACE (m.visitor_id AS visitor_id)
         FROM identity.event_visitors e JOIN moved_events m ON e.rowid = m.row
     """)
     insert_events(conn)
-    conn.execute("""
-        INSERT INTO affected_visitors
-        SELECT visitor_id FROM identity.identifiers
-        WHERE node_id IN (SELECT anchor_node_id FROM run_anchors)
-    """)
+    if new_hubs:
+        conn.execute("""
+            INSERT INTO affected_visitors
+            SELECT visitor_id FROM identity.identifiers
+            WHERE node_id IN (SELECT anchor_node_id FROM run_anchors)
+        """)
     # A visitor that only gained events on the days read keeps its history: its profile is
     # combined with those days' latest values instead of being rebuilt from all its events.
     conn.execute(f"""
@@ -108,12 +114,20 @@ def update_events(conn: duckdb.DuckDBPyConnection, new_hubs: list[int], written:
     """)
     # Every event's visitor is now its anchor's, so the events of the affected visitors are
     # those anchored on their identifiers: an integer lookup rather than a match of visitor ids
-    # over every event row.
-    conn.execute("""
-        CREATE OR REPLACE TEMP TABLE affected_nodes AS
-        SELECT node_id, visitor_id FROM identity.identifiers
-        WHERE visitor_id IN (SELECT visitor_id FROM affected_visitors)
-    """)
+    # over every event row. With `combine` the affected visitors are those of node_changes
+    # (no hub, no event read again), whose identifiers are all in the changed components.
+    if combine:
+        conn.execute("""
+            CREATE OR REPLACE TEMP TABLE affected_nodes AS
+            SELECT n.node_id, c.visitor_id
+            FROM node_components n JOIN component_ids c USING (component)
+        """)
+    else:
+        conn.execute("""
+            CREATE OR REPLACE TEMP TABLE affected_nodes AS
+            SELECT node_id, visitor_id FROM identity.identifiers
+            WHERE visitor_id IN (SELECT visitor_id FROM affected_visitors)
+        """)
 
 
 def _latest_value(name: str) -> str:
