@@ -27,11 +27,13 @@ def _components(nodes: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 # identifiers, can form other components: edges only join (an old edge is never refused by an
 # incremental run, hubs are only added), so every kept edge with an end among these nodes has
 # its other end among them too, and every other visitor stays the component it was.
+# The ends of new edges and the new hubs are identifiers of the days read, whose visitor ids
+# (as the run started; nothing has changed them yet) run_key_ids holds.
 SUBGRAPH_NODES_SQL = """
 CREATE OR REPLACE TEMP TABLE subgraph_nodes AS
 SELECT node_id, hub_reason IS NOT NULL AS hub FROM identity.identifiers
 WHERE visitor_id = ''
-   OR visitor_id IN (SELECT visitor_id FROM identity.identifiers
+   OR visitor_id IN (SELECT visitor_id FROM run_key_ids
                      WHERE node_id IN (SELECT a_id FROM new_pairs UNION SELECT b_id FROM new_pairs
                                        UNION SELECT unnest($hubs::BIGINT[])))
 """

@@ -374,24 +374,20 @@ def _extract(conn: duckdb.DuckDBPyConnection, rules: GraphRules) -> None:
     # The days' identifiers are looked up by key once (a join over every identifier's key):
     # the known ones keep their node id, the others are numbered from next_id. Their visitor
     # ids as the run starts are kept too: the run's event rows take their anchor's from there
-    # (or from node_changes), not from a join over every identifier.
+    # (or from node_changes), not from a join over every identifier; and their row ids, by
+    # which _add_accumulated reads them again.
     conn.execute("""
         CREATE OR REPLACE TEMP TABLE run_keys AS
-        SELECT n.node_key, n.kind, n.value, i.node_id, i.visitor_id
+        SELECT n.node_key, n.kind, n.value, i.node_id, i.visitor_id, i._row
         FROM (SELECT DISTINCT node_key, kind, value FROM run_nodes) n
-        LEFT JOIN (SELECT node_key, node_id, visitor_id FROM identity.identifiers) i
-            USING (node_key)
+        LEFT JOIN (SELECT node_key, node_id, visitor_id, rowid AS _row
+                   FROM identity.identifiers) i USING (node_key)
     """)
     conn.execute("""
         CREATE OR REPLACE TEMP TABLE new_keys AS
         SELECT node_key, kind, value, $next_id - 1 + row_number() OVER () AS node_id
         FROM run_keys WHERE node_id IS NULL
     """, {"next_id": next_id})
-    conn.execute("""
-        INSERT INTO identity.identifiers
-            (node_key, identifier_type, identifier_value, visitor_id, events, node_id)
-        SELECT node_key, kind, value, '', 0, node_id FROM new_keys
-    """)
     conn.execute("""
         CREATE OR REPLACE TEMP TABLE run_key_ids AS
         SELECT node_key, kind AS identifier_type, node_id, visitor_id FROM run_keys
@@ -403,6 +399,17 @@ def _extract(conn: duckdb.DuckDBPyConnection, rules: GraphRules) -> None:
         SELECT n.ev, n.partition_date, n.event_time, n.rank, k.node_id
         FROM run_nodes n JOIN run_key_ids k USING (node_key)
     """)
+    # A new identifier appears on the days read only: its totals are theirs, written with it.
+    conn.execute("""
+        INSERT INTO identity.identifiers
+            (node_key, identifier_type, identifier_value, visitor_id, events, first_seen,
+             last_seen, node_id)
+        SELECT k.node_key, k.kind, k.value, '', t.events, t.first_seen, t.last_seen, k.node_id
+        FROM new_keys k
+        JOIN (SELECT node_id, count(*) AS events, min(event_time) AS first_seen,
+                     max(event_time) AS last_seen
+              FROM run_node_ids WHERE node_id >= $next_id GROUP BY node_id) t USING (node_id)
+    """, {"next_id": next_id})
 
 
 def _sql_list(values) -> str:
@@ -585,21 +592,26 @@ def _rebuild_accumulated(conn: duckdb.DuckDBPyConnection) -> None:
 
 
 def _add_accumulated(conn: duckdb.DuckDBPyConnection) -> None:
-    """Add the new days' counts to the totals, and their new edges to the graph."""
+    """Add the new days' counts to the totals, and their new edges to the graph.
+
+    The identifiers and edges that get other totals are read by row id (found over keys and
+    ids alone), rather than by a join that read every column of every row.
+    """
+    # New identifiers were written with their totals (_extract).
     conn.execute("""
         CREATE OR REPLACE TEMP TABLE node_totals AS
-        SELECT node_id, sum(events)::INTEGER AS events, min(first_seen) AS first_seen,
-               max(last_seen) AS last_seen
-        FROM identity.identifier_days
-        WHERE partition_date IN (SELECT partition_date FROM run_days)
-        GROUP BY node_id
+        SELECT k._row, sum(d.events)::INTEGER AS events, min(d.first_seen) AS first_seen,
+               max(d.last_seen) AS last_seen
+        FROM identity.identifier_days d JOIN run_keys k USING (node_id)
+        WHERE d.partition_date IN (SELECT partition_date FROM run_days)
+        GROUP BY k._row
     """)
     replace_rows(conn, "identity.identifiers", """
         SELECT i.rowid AS _row,
                i.* REPLACE (i.events + t.events AS events,
                             least(i.first_seen, t.first_seen) AS first_seen,
                             greatest(i.last_seen, t.last_seen) AS last_seen)
-        FROM identity.identifiers i JOIN node_totals t USING (node_id)
+        FROM identity.identifiers i JOIN node_totals t ON i.rowid = t._row
     """)
     conn.execute("""
         CREATE OR REPLACE TEMP TABLE run_pairs AS
@@ -610,9 +622,13 @@ def _add_accumulated(conn: duckdb.DuckDBPyConnection) -> None:
         GROUP BY a_id, b_id
     """)
     conn.execute("""
+        CREATE OR REPLACE TEMP TABLE run_pair_rows AS
+        SELECT r.*, e._row FROM run_pairs r
+        LEFT JOIN (SELECT a_id, b_id, rowid AS _row FROM identity.edges) e USING (a_id, b_id)
+    """)
+    conn.execute("""
         CREATE OR REPLACE TEMP TABLE new_pairs AS
-        SELECT r.* FROM run_pairs r
-        ANTI JOIN identity.edges e ON e.a_id = r.a_id AND e.b_id = r.b_id
+        SELECT * EXCLUDE (_row) FROM run_pair_rows WHERE _row IS NULL
     """)
     replace_rows(conn, "identity.edges", """
         SELECT e.rowid AS _row,
@@ -620,7 +636,7 @@ def _add_accumulated(conn: duckdb.DuckDBPyConnection) -> None:
                             least(e.first_seen, r.first_seen) AS first_seen,
                             greatest(e.last_seen, r.last_seen) AS last_seen,
                             least(e.first_day, r.first_day) AS first_day)
-        FROM identity.edges e JOIN run_pairs r ON e.a_id = r.a_id AND e.b_id = r.b_id
+        FROM identity.edges e JOIN run_pair_rows r ON e.rowid = r._row
     """)
     conn.execute(INSERT_EDGES_SQL.format(source="new_pairs", nodes="run_key_ids"))
 

@@ -596,11 +596,17 @@ def write_refused_edges(conn: duckdb.DuckDBPyConnection, full: bool,
     if not full:
         conn.execute("""
             CREATE OR REPLACE TEMP TABLE looked_at_edges AS
-            SELECT node_a, node_b, a_id, b_id, events, refused_reason FROM identity.edges
-            WHERE (a_id, b_id) IN (SELECT a_id, b_id FROM run_pairs)
-               OR a_id IN (SELECT unnest($hubs::BIGINT[]))
-               OR b_id IN (SELECT unnest($hubs::BIGINT[]))
-        """, {"hubs": new_hubs})
+            SELECT node_a, node_b, a_id, b_id, events, refused_reason
+            FROM identity.edges SEMI JOIN run_pairs USING (a_id, b_id)
+        """)
+        if new_hubs:
+            conn.execute("""
+                INSERT INTO looked_at_edges
+                SELECT node_a, node_b, a_id, b_id, events, refused_reason FROM identity.edges
+                WHERE (a_id IN (SELECT unnest($hubs::BIGINT[]))
+                       OR b_id IN (SELECT unnest($hubs::BIGINT[])))
+                  AND (a_id, b_id) NOT IN (SELECT a_id, b_id FROM run_pairs)
+            """, {"hubs": new_hubs})
         edges = "looked_at_edges"
     conn.execute(f"""
         CREATE OR REPLACE TEMP TABLE run_refused AS
