@@ -397,6 +397,8 @@ def test_changed_components_in_integers_match_the_sql_over_every_identifier():
         labels[n] = component
     nodes = np.arange(len(labels), dtype=np.int64)
     temp_table(conn, "component_labels", pa.table({"node_id": nodes, "component": labels}))
+    # (A full run leaves no totals pending.)
+    conn.execute("CREATE TEMP TABLE pending_totals (_row BIGINT, first_seen TIMESTAMPTZ)")
     conn.execute(COMPONENTS_SQL)
     conn.execute(CHANGED_SQL)
     by_sql = sorted(row[0] for row in conn.execute(
@@ -692,3 +694,23 @@ def test_a_daily_run_updates_the_refused_edges_its_day_touched_and_no_other():
     fresh, _ = run_once_on_the_same_staging(graph)
     pairs = f"SELECT a, b, events FROM ({refused}) t(a, b, reason, events) ORDER BY ALL"
     assert graph.rows(pairs) == fresh.rows(pairs)
+
+
+def test_a_merge_keeps_the_id_of_the_visitor_seen_first_counting_the_day_s_late_events():
+    """Which of two merging visitors keeps its id follows when each was first seen, with the
+    days read counted: a late event makes the younger one the older (an incremental run
+    writes the identifiers' new totals together with their new visitor ids)."""
+    graph = Graph()
+    graph.stage(0, hour=10, client_id="c-a")
+    graph.stage(0, hour=12, client_id="c-b")
+    graph.run()
+    a, b = graph.visitor("client:c-a"), graph.visitor("client:c-b")
+    graph.stage(1, hour=-30, client_id="c-b", email="x@example.com")  # before day 0
+    graph.stage(1, hour=9, client_id="c-a", email="x@example.com")
+    stats = graph.run()
+    assert (stats["full_recompute"], stats["visitors_merged"]) == (0, 1)
+    assert graph.visitor("client:c-a") == graph.visitor("client:c-b") == b
+    assert graph.rows("SELECT old_visitor_id, visitor_id FROM identity.visitor_id_map") == [
+        (a, b)]
+    assert graph.rows("SELECT events, first_seen FROM identity.identifiers "
+                      "WHERE node_key = 'client:c-b'") == [(2, at(1, -30))]

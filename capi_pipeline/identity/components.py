@@ -133,12 +133,15 @@ def guarded_components(
 # --- stable visitor ids -------------------------------------------------------------------------
 
 # Per component: its identifiers and the visitor ids they had. A component is unchanged when
-# all its identifiers had one id and that id had no other identifiers.
+# all its identifiers had one id and that id had no other identifiers. (First seen with the
+# days read: an incremental run writes those totals with the new visitor ids.)
 COMPONENTS_SQL = """
 CREATE OR REPLACE TEMP TABLE node_components AS
-SELECT i.node_id, i.node_key, i.visitor_id AS old_visitor_id, i.first_seen, l.component,
+SELECT i.node_id, i.node_key, i.visitor_id AS old_visitor_id,
+       least(i.first_seen, t.first_seen) AS first_seen, l.component,
        i.hub_reason IS NOT NULL AS hub
 FROM identity.identifiers i JOIN component_labels l ON l.node_id = i.node_id
+LEFT JOIN pending_totals t ON t._row = i.rowid
 """
 
 CHANGED_SQL = """
@@ -275,9 +278,19 @@ def assign_visitor_ids(
         UNION ALL
         SELECT split_from, visitor_id, 'split', now() FROM component_ids WHERE split
     """)
+    # The identifiers whose visitor or (pending_totals) totals changed, each rewritten once.
     replace_rows(conn, "identity.identifiers", """
+        SELECT i.rowid AS _row,
+               i.* REPLACE (coalesce(c.visitor_id, i.visitor_id) AS visitor_id,
+                            i.events + t.events AS events,
+                            least(i.first_seen, t.first_seen) AS first_seen,
+                            greatest(i.last_seen, t.last_seen) AS last_seen)
+        FROM identity.identifiers i JOIN pending_totals t ON i.rowid = t._row
+        LEFT JOIN node_changes c USING (node_id)
+        UNION ALL
         SELECT i.rowid AS _row, i.* REPLACE (c.visitor_id AS visitor_id)
         FROM identity.identifiers i JOIN node_changes c USING (node_id)
+        WHERE i.rowid NOT IN (SELECT _row FROM pending_totals)
     """)
     merged, split = conn.execute("""
         SELECT (SELECT count(*) FROM merged_ids),

@@ -257,6 +257,8 @@ def _apply(conn: duckdb.DuckDBPyConnection, rules: GraphRules, plan: RunPlan,
     clock.done("per-day tables and event rows")
     if plan.full:
         _rebuild_accumulated(conn)
+        conn.execute("CREATE OR REPLACE TEMP TABLE pending_totals (_row BIGINT, "
+                     "events INTEGER, first_seen TIMESTAMPTZ, last_seen TIMESTAMPTZ)")
     else:
         _add_accumulated(conn)
     clock.done("identifier and edge totals")
@@ -594,24 +596,19 @@ def _rebuild_accumulated(conn: duckdb.DuckDBPyConnection) -> None:
 def _add_accumulated(conn: duckdb.DuckDBPyConnection) -> None:
     """Add the new days' counts to the totals, and their new edges to the graph.
 
-    The identifiers and edges that get other totals are read by row id (found over keys and
-    ids alone), rather than by a join that read every column of every row.
+    The edges that get other totals are read by row id (found over ids alone), rather than by
+    a join that read every column of every edge. The known identifiers' new totals are left in
+    pending_totals (by row id) and written with their new visitor ids (assign_visitor_ids):
+    one rewrite of each changed identifier instead of two.
     """
     # New identifiers were written with their totals (_extract).
     conn.execute("""
-        CREATE OR REPLACE TEMP TABLE node_totals AS
+        CREATE OR REPLACE TEMP TABLE pending_totals AS
         SELECT k._row, sum(d.events)::INTEGER AS events, min(d.first_seen) AS first_seen,
                max(d.last_seen) AS last_seen
         FROM identity.identifier_days d JOIN run_keys k USING (node_id)
         WHERE d.partition_date IN (SELECT partition_date FROM run_days)
         GROUP BY k._row
-    """)
-    replace_rows(conn, "identity.identifiers", """
-        SELECT i.rowid AS _row,
-               i.* REPLACE (i.events + t.events AS events,
-                            least(i.first_seen, t.first_seen) AS first_seen,
-                            greatest(i.last_seen, t.last_seen) AS last_seen)
-        FROM identity.identifiers i JOIN node_totals t ON i.rowid = t._row
     """)
     conn.execute("""
         CREATE OR REPLACE TEMP TABLE run_pairs AS
