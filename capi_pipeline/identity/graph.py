@@ -516,14 +516,15 @@ def _replace_days(conn: duckdb.DuckDBPyConnection, keep_unchanged: bool) -> str:
 
 # `nodes`: identity.identifiers, or (incrementally) run_key_ids, which holds both ends of
 # every pair of the days read.
-INSERT_EDGES_SQL = """
-INSERT INTO identity.edges
-SELECT ia.node_key, ib.node_key, p.events, p.first_seen, p.last_seen, p.a_id, p.b_id,
-       ia.identifier_type, ib.identifier_type, p.first_day, NULL
+NEW_EDGES_SQL = """
+SELECT ia.node_key AS node_a, ib.node_key AS node_b, p.events, p.first_seen, p.last_seen,
+       p.a_id, p.b_id, ia.identifier_type AS a_type, ib.identifier_type AS b_type,
+       p.first_day, NULL::VARCHAR AS refused_reason
 FROM {source} p
 JOIN {nodes} ia ON ia.node_id = p.a_id
 JOIN {nodes} ib ON ib.node_id = p.b_id
 """
+INSERT_EDGES_SQL = "INSERT INTO identity.edges " + NEW_EDGES_SQL
 
 
 def _rebuild_accumulated(conn: duckdb.DuckDBPyConnection) -> None:
@@ -635,7 +636,16 @@ def _add_accumulated(conn: duckdb.DuckDBPyConnection) -> None:
                             least(e.first_day, r.first_day) AS first_day)
         FROM identity.edges e JOIN run_pair_rows r ON e.rowid = r._row
     """)
-    conn.execute(INSERT_EDGES_SQL.format(source="new_pairs", nodes="run_key_ids"))
+    # Every edge of the days read as it now stands (but for the size guard's refusals): the
+    # rows write_refused_edges looks at.
+    conn.execute("""
+        CREATE OR REPLACE TEMP TABLE run_edges AS
+        SELECT node_a, node_b, a_id, b_id, events FROM replaced_rows
+    """)
+    conn.execute("CREATE OR REPLACE TEMP TABLE new_edges AS "
+                 + NEW_EDGES_SQL.format(source="new_pairs", nodes="run_key_ids"))
+    conn.execute("INSERT INTO identity.edges SELECT * FROM new_edges")
+    conn.execute("INSERT INTO run_edges SELECT node_a, node_b, a_id, b_id, events FROM new_edges")
 
 
 # A hub has more distinct partners of one side than one person could: many people on one

@@ -588,24 +588,26 @@ def write_refused_edges(conn: duckdb.DuckDBPyConnection, full: bool,
                         new_hubs: list[int]) -> None:
     """The list of refused edges, with only its differences written (most days add a few).
 
-    An incremental run only adds pairs and counts (run_pairs; the size guard refuses only new
-    pairs among them) and hubs (new_hubs): only the rows of those edges can change, so only
-    they are looked at, where a full run looks at every edge.
+    An incremental run only adds pairs and counts (run_edges, the days' edges as written; the
+    size guard refuses only new pairs among them) and hubs (new_hubs): only the rows of those
+    edges can change, so only they are looked at, where a full run looks at every edge.
     """
     edges = "identity.edges"
     if not full:
+        # The day's edges (run_edges) with the size guard's refusals, and a new hub's others.
         conn.execute("""
             CREATE OR REPLACE TEMP TABLE looked_at_edges AS
-            SELECT node_a, node_b, a_id, b_id, events, refused_reason
-            FROM identity.edges SEMI JOIN run_pairs USING (a_id, b_id)
+            SELECT r.*, e.refused_reason FROM run_edges r
+            LEFT JOIN (SELECT a_id, b_id, refused_reason FROM identity.edges
+                       WHERE refused_reason IS NOT NULL) e USING (a_id, b_id)
         """)
         if new_hubs:
             conn.execute("""
-                INSERT INTO looked_at_edges
+                INSERT INTO looked_at_edges BY NAME
                 SELECT node_a, node_b, a_id, b_id, events, refused_reason FROM identity.edges
                 WHERE (a_id IN (SELECT unnest($hubs::BIGINT[]))
                        OR b_id IN (SELECT unnest($hubs::BIGINT[])))
-                  AND (a_id, b_id) NOT IN (SELECT a_id, b_id FROM run_pairs)
+                  AND (a_id, b_id) NOT IN (SELECT a_id, b_id FROM run_edges)
             """, {"hubs": new_hubs})
         edges = "looked_at_edges"
     conn.execute(f"""
