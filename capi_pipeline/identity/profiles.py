@@ -448,7 +448,8 @@ def _combined_profiles_sql() -> str:
     """Each merged visitor's profile from the profiles of the visitors it joined and the days'
     latest values of its own events: per field the value with the latest time (arg_max skips
     the parts without one), counts summed, identifiers counted over its component. For the
-    visitors not in extended_rows: those joined none or several old visitors."""
+    visitors that joined several old visitors (extended_rows has those that joined one,
+    fresh_visitors those that joined none)."""
     fields = [
         f"arg_max({field}, {seen}) AS {field}"
         for field, seen in LATEST_FIELDS.items()
@@ -471,7 +472,8 @@ WITH parts AS (
     UNION ALL BY NAME
     SELECT visitor_id AS into_id, * EXCLUDE (visitor_id) FROM day_profiles
     WHERE visitor_id IN (SELECT visitor_id FROM combined_ids)
-      AND visitor_id NOT IN (SELECT visitor_id FROM extended_rows)
+      AND visitor_id NOT IN (SELECT visitor_id FROM extended_rows
+                             UNION ALL SELECT visitor_id FROM fresh_visitors)
 ),
 latest AS (
     SELECT into_id AS visitor_id, sum(events) AS events, min(first_seen) AS first_seen,
@@ -569,6 +571,12 @@ def refresh_profiles(conn: duckdb.DuckDBPyConnection, written: str, combine: boo
             JOIN combined_sizes s ON s.visitor_id = m.visitor_id
             WHERE m.visitor_id IN (SELECT visitor_id FROM day_profiles)
         """)
+        # A visitor of new identifiers only: its profile is the days' one.
+        conn.execute("""
+            CREATE OR REPLACE TEMP TABLE fresh_visitors AS
+            SELECT visitor_id FROM combined_ids GROUP BY visitor_id
+            HAVING count(*) FILTER (WHERE old_visitor_id <> '') = 0
+        """)
         conn.execute(_combined_profiles_sql())
     # Profiles are replaced as whole rows rather than updated column by column (an UPDATE of
     # every column of rows spread over the table makes the commit rewrite the whole table's
@@ -580,6 +588,12 @@ def refresh_profiles(conn: duckdb.DuckDBPyConnection, written: str, combine: boo
     if combine:
         conn.execute(
             "INSERT INTO identity.visitor_profiles BY NAME SELECT * FROM combined_profiles")
+        conn.execute("""
+            INSERT INTO identity.visitor_profiles BY NAME
+            SELECT d.* REPLACE (s.identifiers AS identifiers)
+            FROM day_profiles d JOIN combined_sizes s USING (visitor_id)
+            WHERE visitor_id IN (SELECT visitor_id FROM fresh_visitors)
+        """)
     conn.execute("INSERT INTO identity.visitor_profiles BY NAME " + PROFILES_SQL.format(
         which=f"anchor_node_id IN (SELECT node_id FROM {rebuilt})", nodes=rebuilt))
 
