@@ -139,7 +139,7 @@ COMPONENTS_SQL = """
 CREATE OR REPLACE TEMP TABLE node_components AS
 SELECT i.node_id, i.node_key, i.visitor_id AS old_visitor_id,
        least(i.first_seen, t.first_seen) AS first_seen, l.component,
-       i.hub_reason IS NOT NULL AS hub
+       i.hub_reason IS NOT NULL AS hub, i.rowid AS _row
 FROM identity.identifiers i JOIN component_labels l ON l.node_id = i.node_id
 LEFT JOIN pending_totals t ON t._row = i.rowid
 """
@@ -255,7 +255,7 @@ def assign_visitor_ids(
     conn.execute(NEW_IDS_SQL)
     conn.execute("""
         CREATE OR REPLACE TEMP TABLE node_changes AS
-        SELECT n.node_id, n.old_visitor_id, c.visitor_id
+        SELECT n.node_id, n.old_visitor_id, c.visitor_id, n._row
         FROM node_components n JOIN component_ids c USING (component)
         WHERE n.old_visitor_id <> c.visitor_id
     """)
@@ -278,7 +278,8 @@ def assign_visitor_ids(
         UNION ALL
         SELECT split_from, visitor_id, 'split', now() FROM component_ids WHERE split
     """)
-    # The identifiers whose visitor or (pending_totals) totals changed, each rewritten once.
+    # The identifiers whose visitor or (pending_totals) totals changed, each rewritten once,
+    # read by the row ids their key lookup and node_components found.
     replace_rows(conn, "identity.identifiers", """
         SELECT i.rowid AS _row,
                i.* REPLACE (coalesce(c.visitor_id, i.visitor_id) AS visitor_id,
@@ -289,8 +290,8 @@ def assign_visitor_ids(
         LEFT JOIN node_changes c USING (node_id)
         UNION ALL
         SELECT i.rowid AS _row, i.* REPLACE (c.visitor_id AS visitor_id)
-        FROM identity.identifiers i JOIN node_changes c USING (node_id)
-        WHERE i.rowid NOT IN (SELECT _row FROM pending_totals)
+        FROM identity.identifiers i JOIN node_changes c ON i.rowid = c._row
+        WHERE c._row NOT IN (SELECT _row FROM pending_totals WHERE _row IS NOT NULL)
     """)
     merged, split = conn.execute("""
         SELECT (SELECT count(*) FROM merged_ids),
