@@ -397,6 +397,8 @@ def test_changed_components_in_integers_match_the_sql_over_every_identifier():
         labels[n] = component
     nodes = np.arange(len(labels), dtype=np.int64)
     temp_table(conn, "component_labels", pa.table({"node_id": nodes, "component": labels}))
+    # (A full run leaves no totals pending.)
+    conn.execute("CREATE TEMP TABLE pending_totals (_row BIGINT, first_seen TIMESTAMPTZ)")
     conn.execute(COMPONENTS_SQL)
     conn.execute(CHANGED_SQL)
     by_sql = sorted(row[0] for row in conn.execute(
@@ -595,3 +597,120 @@ def test_deleted_rows_are_reclaimed_once_they_are_a_third_of_a_table():
     graph.stage(1, client_id="c0")
     graph.run()
     assert graph.rows(setting) == default
+
+
+def test_a_day_s_profiles_of_one_event_and_of_several_match_a_rebuild_from_every_event():
+    """A day's profiles are taken as the event's own values for a visitor with one event that
+    day and aggregated for one with several; a visitor joining one known visitor combines
+    two profiles without the aggregate of several. Each must end as a full computation's."""
+    graph = Graph()
+    graph.stage(0, hour=8, client_id="one", email="one@example.com", city="Oslo",
+                ip="203.0.113.1")
+    graph.stage(0, hour=8, client_id="many", first_name="Mo", click_id=EPIK)
+    graph.stage(0, hour=8, client_id="joined", phone="+14155550122", zip="10001")
+    assert graph.run()["full_recompute"] == 1
+    # One event: its email empty, so the profile's stays; its own web fact and state win.
+    graph.stage(1, hour=9, client_id="one", state="CA", ip="198.51.100.1", click_id="clk-1")
+    # Several: the latest non-empty value of each field, from different events.
+    graph.stage(1, hour=7, client_id="many", email="early@example.com", last_name="Lee")
+    graph.stage(1, hour=11, client_id="many", email="late@example.com", action_source="app")
+    graph.stage(1, hour=10, client_id="many", first_name="Moe", city="Rome", country="IT")
+    # A new identifier added to a known visitor: one old profile and the day's, combined.
+    graph.stage(1, hour=6, client_id="joined", email="joined@example.com", gender="m")
+    graph.stage(1, hour=12, client_id="new", email="new@example.com")
+    stats = graph.run()
+    assert (stats["full_recompute"], stats["new_hubs"]) == (0, 0)
+
+    one = graph.profile(graph.visitor("client:one"))
+    assert (one["email"], one["state"], one["city"], one["ip"], one["click_id"]) == (
+        "one@example.com", "CA", None, "198.51.100.1", "clk-1")
+    many = graph.profile(graph.visitor("client:many"))
+    assert (many["events"], many["email"], many["first_name"], many["last_name"]) == (
+        4, "late@example.com", "Moe", "Lee")
+    assert (many["city"], many["click_id"], many["email_seen_at"]) == ("Rome", EPIK, at(1, 11))
+    joined = graph.profile(graph.visitor("client:joined"))
+    assert (joined["identifiers"], joined["events"], joined["phone"], joined["email"]) == (
+        3, 2, "+14155550122", "joined@example.com")
+
+    fresh, stats = run_once_on_the_same_staging(graph)
+    assert stats["full_recompute"] == 1
+    assert profiles_by_identifiers(fresh) == profiles_by_identifiers(graph)
+
+
+def test_a_day_s_events_are_attributed_from_the_latest_earlier_click_and_a_late_event_too():
+    """A daily run attributes a visitor's new events from the latest click its profile holds
+    when every new event is after it, without looking up its older clicks; a late event (one
+    before that click) is attributed from all of them. Both as a full computation does."""
+    graph = Graph()
+    graph.stage(0, hour=10, client_id="c1", click_id="clk-a")
+    graph.stage(0, hour=20, client_id="c1", click_id="clk-b")
+    graph.stage(0, hour=9, client_id="c2", click_id="clk-c")
+    graph.run()
+    after = graph.stage(1, hour=8, client_id="c1", event_type="checkout")
+    late = graph.stage(1, hour=-6, client_id="c1")  # day 0 at 18:00
+    merged = graph.stage(1, hour=12, client_id="c2", email="two@example.com")
+    stats = graph.run()
+    assert (stats["full_recompute"], stats["new_hubs"]) == (0, 0)
+    attributed = ("SELECT attributed_click_id, attributed_click_at FROM identity.event_visitors "
+                  "WHERE event_key = ?")
+    assert graph.rows(attributed, after) == [("clk-b", at(0, 20))]
+    assert graph.rows(attributed, late) == [("clk-a", at(0, 10))]
+    assert graph.rows(attributed, merged) == [("clk-c", at(0, 9))]
+
+    fresh, _ = run_once_on_the_same_staging(graph)
+    everything = ("SELECT event_key, attributed_click_id, attributed_click_at "
+                  "FROM identity.event_visitors ORDER BY event_key")
+    assert graph.rows(everything) == fresh.rows(everything)
+
+
+def test_a_daily_run_updates_the_refused_edges_its_day_touched_and_no_other():
+    """An incremental run looks only at the pairs of its days and the edges of new hubs: a
+    refused pair seen again gets its new count, a new pair on a hub is listed, a pair of a
+    hub found that day is listed, and the rest stay. As a full computation lists them."""
+    graph = Graph()
+    for n in range(26):
+        graph.stage(0, client_id=f"c{n}", email="shared@example.com")
+    graph.stage(0, client_id="kiosk", email="p1@example.com")
+    graph.stage(0, client_id="kiosk", email="p2@example.com")
+    graph.stage(0, client_id="kiosk", email="p3@example.com")
+    graph.stage(0, client_id="kiosk", email="p4@example.com")
+    graph.run()
+    refused = ("SELECT least(node_a, node_b), greatest(node_a, node_b), reason, events "
+               "FROM identity.refused_edges ORDER BY ALL")
+    assert len(graph.rows(refused)) == 26
+    graph.stage(1, client_id="c3", email="shared@example.com")
+    graph.stage(1, client_id="c99", email="shared@example.com")
+    graph.stage(1, client_id="kiosk", email="p5@example.com")
+    stats = graph.run()
+    assert (stats["full_recompute"], stats["new_hubs"]) == (0, 1)
+    rows = graph.rows(refused)
+    assert len(rows) == 27 + 5
+    # (A hub's reason keeps the count it was found with.)
+    assert ("client:c3", "email:shared@example.com",
+            "hub: on 26 client ids, limit 25", 2) in rows
+    assert ("client:c99", "email:shared@example.com",
+            "hub: on 26 client ids, limit 25", 1) in rows
+
+    fresh, _ = run_once_on_the_same_staging(graph)
+    pairs = f"SELECT a, b, events FROM ({refused}) t(a, b, reason, events) ORDER BY ALL"
+    assert graph.rows(pairs) == fresh.rows(pairs)
+
+
+def test_a_merge_keeps_the_id_of_the_visitor_seen_first_counting_the_day_s_late_events():
+    """Which of two merging visitors keeps its id follows when each was first seen, with the
+    days read counted: a late event makes the younger one the older (an incremental run
+    writes the identifiers' new totals together with their new visitor ids)."""
+    graph = Graph()
+    graph.stage(0, hour=10, client_id="c-a")
+    graph.stage(0, hour=12, client_id="c-b")
+    graph.run()
+    a, b = graph.visitor("client:c-a"), graph.visitor("client:c-b")
+    graph.stage(1, hour=-30, client_id="c-b", email="x@example.com")  # before day 0
+    graph.stage(1, hour=9, client_id="c-a", email="x@example.com")
+    stats = graph.run()
+    assert (stats["full_recompute"], stats["visitors_merged"]) == (0, 1)
+    assert graph.visitor("client:c-a") == graph.visitor("client:c-b") == b
+    assert graph.rows("SELECT old_visitor_id, visitor_id FROM identity.visitor_id_map") == [
+        (a, b)]
+    assert graph.rows("SELECT events, first_seen FROM identity.identifiers "
+                      "WHERE node_key = 'client:c-b'") == [(2, at(1, -30))]

@@ -27,11 +27,13 @@ def _components(nodes: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 # identifiers, can form other components: edges only join (an old edge is never refused by an
 # incremental run, hubs are only added), so every kept edge with an end among these nodes has
 # its other end among them too, and every other visitor stays the component it was.
+# The ends of new edges and the new hubs are identifiers of the days read, whose visitor ids
+# (as the run started; nothing has changed them yet) run_key_ids holds.
 SUBGRAPH_NODES_SQL = """
 CREATE OR REPLACE TEMP TABLE subgraph_nodes AS
 SELECT node_id, hub_reason IS NOT NULL AS hub FROM identity.identifiers
 WHERE visitor_id = ''
-   OR visitor_id IN (SELECT visitor_id FROM identity.identifiers
+   OR visitor_id IN (SELECT visitor_id FROM run_key_ids
                      WHERE node_id IN (SELECT a_id FROM new_pairs UNION SELECT b_id FROM new_pairs
                                        UNION SELECT unnest($hubs::BIGINT[])))
 """
@@ -131,12 +133,15 @@ def guarded_components(
 # --- stable visitor ids -------------------------------------------------------------------------
 
 # Per component: its identifiers and the visitor ids they had. A component is unchanged when
-# all its identifiers had one id and that id had no other identifiers.
+# all its identifiers had one id and that id had no other identifiers. (First seen with the
+# days read: an incremental run writes those totals with the new visitor ids.)
 COMPONENTS_SQL = """
 CREATE OR REPLACE TEMP TABLE node_components AS
-SELECT i.node_id, i.node_key, i.visitor_id AS old_visitor_id, i.first_seen, l.component,
-       i.hub_reason IS NOT NULL AS hub
+SELECT i.node_id, i.node_key, i.visitor_id AS old_visitor_id,
+       least(i.first_seen, t.first_seen) AS first_seen, l.component,
+       i.hub_reason IS NOT NULL AS hub, i.rowid AS _row
 FROM identity.identifiers i JOIN component_labels l ON l.node_id = i.node_id
+LEFT JOIN pending_totals t ON t._row = i.rowid
 """
 
 CHANGED_SQL = """
@@ -250,7 +255,7 @@ def assign_visitor_ids(
     conn.execute(NEW_IDS_SQL)
     conn.execute("""
         CREATE OR REPLACE TEMP TABLE node_changes AS
-        SELECT n.node_id, n.old_visitor_id, c.visitor_id
+        SELECT n.node_id, n.old_visitor_id, c.visitor_id, n._row
         FROM node_components n JOIN component_ids c USING (component)
         WHERE n.old_visitor_id <> c.visitor_id
     """)
@@ -273,9 +278,20 @@ def assign_visitor_ids(
         UNION ALL
         SELECT split_from, visitor_id, 'split', now() FROM component_ids WHERE split
     """)
+    # The identifiers whose visitor or (pending_totals) totals changed, each rewritten once,
+    # read by the row ids their key lookup and node_components found.
     replace_rows(conn, "identity.identifiers", """
+        SELECT i.rowid AS _row,
+               i.* REPLACE (coalesce(c.visitor_id, i.visitor_id) AS visitor_id,
+                            i.events + t.events AS events,
+                            least(i.first_seen, t.first_seen) AS first_seen,
+                            greatest(i.last_seen, t.last_seen) AS last_seen)
+        FROM identity.identifiers i JOIN pending_totals t ON i.rowid = t._row
+        LEFT JOIN node_changes c USING (node_id)
+        UNION ALL
         SELECT i.rowid AS _row, i.* REPLACE (c.visitor_id AS visitor_id)
-        FROM identity.identifiers i JOIN node_changes c USING (node_id)
+        FROM identity.identifiers i JOIN node_changes c ON i.rowid = c._row
+        WHERE c._row NOT IN (SELECT _row FROM pending_totals WHERE _row IS NOT NULL)
     """)
     merged, split = conn.execute("""
         SELECT (SELECT count(*) FROM merged_ids),

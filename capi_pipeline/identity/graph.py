@@ -257,6 +257,8 @@ def _apply(conn: duckdb.DuckDBPyConnection, rules: GraphRules, plan: RunPlan,
     clock.done("per-day tables and event rows")
     if plan.full:
         _rebuild_accumulated(conn)
+        conn.execute("CREATE OR REPLACE TEMP TABLE pending_totals (_row BIGINT, "
+                     "events INTEGER, first_seen TIMESTAMPTZ, last_seen TIMESTAMPTZ)")
     else:
         _add_accumulated(conn)
     clock.done("identifier and edge totals")
@@ -266,15 +268,15 @@ def _apply(conn: duckdb.DuckDBPyConnection, rules: GraphRules, plan: RunPlan,
     clock.done("components and size guard")
     changes = assign_visitor_ids(conn, node_ids, labels, plan.full)
     clock.done("visitor ids and id map")
-    update_events(conn, new_hubs, written)
-    clock.done("events' visitors")
     # An incremental run that found no hub only merges and grows visitors.
     combine = not plan.full and not new_hubs
+    update_events(conn, new_hubs, written, combine)
+    clock.done("events' visitors")
     refresh_profiles(conn, written, combine)
     clock.done("profiles")
     attribute_clicks(conn, rules, written, combine)
     clock.done("click attribution")
-    write_refused_edges(conn)
+    write_refused_edges(conn, plan.full, new_hubs)
     clock.done("refused edges")
     stats = _stats(conn, plan, new_hubs, size_refused, changes)
     clock.done("counts")
@@ -372,12 +374,16 @@ def _extract(conn: duckdb.DuckDBPyConnection, rules: GraphRules) -> None:
     next_id = conn.execute(
         "SELECT coalesce(max(node_id), -1) + 1 FROM identity.identifiers").fetchone()[0]
     # The days' identifiers are looked up by key once (a join over every identifier's key):
-    # the known ones keep their node id, the others are numbered from next_id.
+    # the known ones keep their node id, the others are numbered from next_id. Their visitor
+    # ids as the run starts are kept too: the run's event rows take their anchor's from there
+    # (or from node_changes), not from a join over every identifier; and their row ids, by
+    # which _add_accumulated reads them again.
     conn.execute("""
         CREATE OR REPLACE TEMP TABLE run_keys AS
-        SELECT n.node_key, n.kind, n.value, i.node_id
+        SELECT n.node_key, n.kind, n.value, i.node_id, i.visitor_id, i._row
         FROM (SELECT DISTINCT node_key, kind, value FROM run_nodes) n
-        LEFT JOIN (SELECT node_key, node_id FROM identity.identifiers) i USING (node_key)
+        LEFT JOIN (SELECT node_key, node_id, visitor_id, rowid AS _row
+                   FROM identity.identifiers) i USING (node_key)
     """)
     conn.execute("""
         CREATE OR REPLACE TEMP TABLE new_keys AS
@@ -385,21 +391,27 @@ def _extract(conn: duckdb.DuckDBPyConnection, rules: GraphRules) -> None:
         FROM run_keys WHERE node_id IS NULL
     """, {"next_id": next_id})
     conn.execute("""
-        INSERT INTO identity.identifiers
-            (node_key, identifier_type, identifier_value, visitor_id, events, node_id)
-        SELECT node_key, kind, value, '', 0, node_id FROM new_keys
-    """)
-    conn.execute("""
         CREATE OR REPLACE TEMP TABLE run_key_ids AS
-        SELECT node_key, kind AS identifier_type, node_id FROM run_keys
+        SELECT node_key, kind AS identifier_type, node_id, visitor_id FROM run_keys
         WHERE node_id IS NOT NULL
-        UNION ALL SELECT node_key, kind, node_id FROM new_keys
+        UNION ALL SELECT node_key, kind, node_id, '' FROM new_keys
     """)
     conn.execute("""
         CREATE OR REPLACE TEMP TABLE run_node_ids AS
         SELECT n.ev, n.partition_date, n.event_time, n.rank, k.node_id
         FROM run_nodes n JOIN run_key_ids k USING (node_key)
     """)
+    # A new identifier appears on the days read only: its totals are theirs, written with it.
+    conn.execute("""
+        INSERT INTO identity.identifiers
+            (node_key, identifier_type, identifier_value, visitor_id, events, first_seen,
+             last_seen, node_id)
+        SELECT k.node_key, k.kind, k.value, '', t.events, t.first_seen, t.last_seen, k.node_id
+        FROM new_keys k
+        JOIN (SELECT node_id, count(*) AS events, min(event_time) AS first_seen,
+                     max(event_time) AS last_seen
+              FROM run_node_ids WHERE node_id >= $next_id GROUP BY node_id) t USING (node_id)
+    """, {"next_id": next_id})
 
 
 def _sql_list(values) -> str:
@@ -504,14 +516,15 @@ def _replace_days(conn: duckdb.DuckDBPyConnection, keep_unchanged: bool) -> str:
 
 # `nodes`: identity.identifiers, or (incrementally) run_key_ids, which holds both ends of
 # every pair of the days read.
-INSERT_EDGES_SQL = """
-INSERT INTO identity.edges
-SELECT ia.node_key, ib.node_key, p.events, p.first_seen, p.last_seen, p.a_id, p.b_id,
-       ia.identifier_type, ib.identifier_type, p.first_day, NULL
+NEW_EDGES_SQL = """
+SELECT ia.node_key AS node_a, ib.node_key AS node_b, p.events, p.first_seen, p.last_seen,
+       p.a_id, p.b_id, ia.identifier_type AS a_type, ib.identifier_type AS b_type,
+       p.first_day, NULL::VARCHAR AS refused_reason
 FROM {source} p
 JOIN {nodes} ia ON ia.node_id = p.a_id
 JOIN {nodes} ib ON ib.node_id = p.b_id
 """
+INSERT_EDGES_SQL = "INSERT INTO identity.edges " + NEW_EDGES_SQL
 
 
 def _rebuild_accumulated(conn: duckdb.DuckDBPyConnection) -> None:
@@ -582,21 +595,21 @@ def _rebuild_accumulated(conn: duckdb.DuckDBPyConnection) -> None:
 
 
 def _add_accumulated(conn: duckdb.DuckDBPyConnection) -> None:
-    """Add the new days' counts to the totals, and their new edges to the graph."""
+    """Add the new days' counts to the totals, and their new edges to the graph.
+
+    The edges that get other totals are read by row id (found over ids alone), rather than by
+    a join that read every column of every edge. The known identifiers' new totals are left in
+    pending_totals (by row id) and written with their new visitor ids (assign_visitor_ids):
+    one rewrite of each changed identifier instead of two.
+    """
+    # New identifiers were written with their totals (_extract).
     conn.execute("""
-        CREATE OR REPLACE TEMP TABLE node_totals AS
-        SELECT node_id, sum(events)::INTEGER AS events, min(first_seen) AS first_seen,
-               max(last_seen) AS last_seen
-        FROM identity.identifier_days
-        WHERE partition_date IN (SELECT partition_date FROM run_days)
-        GROUP BY node_id
-    """)
-    replace_rows(conn, "identity.identifiers", """
-        SELECT i.rowid AS _row,
-               i.* REPLACE (i.events + t.events AS events,
-                            least(i.first_seen, t.first_seen) AS first_seen,
-                            greatest(i.last_seen, t.last_seen) AS last_seen)
-        FROM identity.identifiers i JOIN node_totals t USING (node_id)
+        CREATE OR REPLACE TEMP TABLE pending_totals AS
+        SELECT k._row, sum(d.events)::INTEGER AS events, min(d.first_seen) AS first_seen,
+               max(d.last_seen) AS last_seen
+        FROM identity.identifier_days d JOIN run_keys k USING (node_id)
+        WHERE d.partition_date IN (SELECT partition_date FROM run_days)
+        GROUP BY k._row
     """)
     conn.execute("""
         CREATE OR REPLACE TEMP TABLE run_pairs AS
@@ -607,9 +620,13 @@ def _add_accumulated(conn: duckdb.DuckDBPyConnection) -> None:
         GROUP BY a_id, b_id
     """)
     conn.execute("""
+        CREATE OR REPLACE TEMP TABLE run_pair_rows AS
+        SELECT r.*, e._row FROM run_pairs r
+        LEFT JOIN (SELECT a_id, b_id, rowid AS _row FROM identity.edges) e USING (a_id, b_id)
+    """)
+    conn.execute("""
         CREATE OR REPLACE TEMP TABLE new_pairs AS
-        SELECT r.* FROM run_pairs r
-        ANTI JOIN identity.edges e ON e.a_id = r.a_id AND e.b_id = r.b_id
+        SELECT * EXCLUDE (_row) FROM run_pair_rows WHERE _row IS NULL
     """)
     replace_rows(conn, "identity.edges", """
         SELECT e.rowid AS _row,
@@ -617,9 +634,18 @@ def _add_accumulated(conn: duckdb.DuckDBPyConnection) -> None:
                             least(e.first_seen, r.first_seen) AS first_seen,
                             greatest(e.last_seen, r.last_seen) AS last_seen,
                             least(e.first_day, r.first_day) AS first_day)
-        FROM identity.edges e JOIN run_pairs r ON e.a_id = r.a_id AND e.b_id = r.b_id
+        FROM identity.edges e JOIN run_pair_rows r ON e.rowid = r._row
     """)
-    conn.execute(INSERT_EDGES_SQL.format(source="new_pairs", nodes="run_key_ids"))
+    # Every edge of the days read as it now stands (but for the size guard's refusals): the
+    # rows write_refused_edges looks at.
+    conn.execute("""
+        CREATE OR REPLACE TEMP TABLE run_edges AS
+        SELECT node_a, node_b, a_id, b_id, events FROM replaced_rows
+    """)
+    conn.execute("CREATE OR REPLACE TEMP TABLE new_edges AS "
+                 + NEW_EDGES_SQL.format(source="new_pairs", nodes="run_key_ids"))
+    conn.execute("INSERT INTO identity.edges SELECT * FROM new_edges")
+    conn.execute("INSERT INTO run_edges SELECT node_a, node_b, a_id, b_id, events FROM new_edges")
 
 
 # A hub has more distinct partners of one side than one person could: many people on one
