@@ -359,11 +359,13 @@ def personal_data_problems(conn, day=None) -> dict[str, int]:
         columns.setdefault(table, []).append(column)
     for table, names in columns.items():
         # One pass over the table for all its columns. EMAIL_SHAPED needs an @ or a %40, so
-        # the regular expression only runs on text holding one: the same matches.
+        # the regular expression only runs on text holding one: the same matches. In a
+        # CASE, as DuckDB does not cut an AND short inside an aggregate's FILTER: it ran
+        # the expression on every value, 0.2 s of CPU for a 330,000-event day's ten columns.
         texts = [f'CAST("{column}" AS VARCHAR)' for column in names]
         counts = ", ".join(
-            f"count(*) FILTER (WHERE (contains({text}, '@') OR contains({text}, '%40')) "
-            f"AND regexp_matches({text}, '{EMAIL_SHAPED}'))" for text in texts)
+            f"count(*) FILTER (WHERE CASE WHEN contains({text}, '@') OR contains({text}, '%40') "
+            f"THEN regexp_matches({text}, '{EMAIL_SHAPED}') ELSE false END)" for text in texts)
         where = " WHERE partition_date = $day" if day is not None and table in partitioned else ""
         found = conn.execute(f'SELECT {counts} FROM capi."{table}"{where}',
                              {"day": day} if where else {}).fetchall()[0]
