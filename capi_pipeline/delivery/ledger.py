@@ -61,8 +61,10 @@ SUPPRESSED = """EXISTS (
         || coalesce(CAST(json_extract(e.payload, '$.user_data.external_id') AS VARCHAR[]), [])
     ) t(h)))"""
 
-# No ORDER BY: sorting a day's payloads would hold them all in memory. A scan returns rows in
-# the order enrich wrote them, which is event time.
+# No ORDER BY: sorting a day's payloads would hold them all in memory. The rows come roughly
+# in the order enrich wrote them (event time), but not exactly: on several threads DuckDB's
+# stream can hand over its chunks in another order from one run to the next, so which events
+# share a request varies. Pinterest judges each event alone.
 DUE_SQL = """
 SELECT e.event_id, encode(e.payload::VARCHAR) AS payload, e.partition_date
 FROM capi.pinterest_events e
