@@ -389,3 +389,64 @@ def test_the_first_pages_are_sent_while_the_spool_writes_the_rest(tmp_path, monk
     assert [event_id for page in received for event_id in page] == [
         f"e{n:03d}" for n in range(25)]
     assert list(ledger.journal_folder(warehouse).glob("due-*")) == []
+
+
+def test_skips_found_while_sending_are_those_found_at_the_end(tmp_path, emulator):
+    """The spool works out the day's skips while the run sends; the rows written must be
+    those the statement finds after the run's outcomes are in, ineligible events sharing
+    their id with one sent in this run included: their latest outcome is then this run's, so
+    each is skipped again once, whether or not the same skip was noted before."""
+    import time as clock
+
+    from capi_pipeline.delivery import ledger
+    from capi_pipeline.delivery.destinations import Destination
+    from capi_pipeline.delivery.ledger import DeliveryPlan, deliver
+    from capi_pipeline.resources import WarehouseResource
+
+    emulator.reset()
+    now = int(clock.time()) - 3600
+    events = [("sent-1", True, None), ("sent-2", True, None), ("bot-new", False, "bot"),
+              ("bot-noted", False, "bot"), ("sent-1", False, "bot"), ("sent-2", False, "bot")]
+    noted = [("bot-noted", "bot"), ("sent-1", "bot")]
+
+    def run(folder, early: bool) -> list[tuple]:
+        warehouse = WarehouseResource(database=str(folder / "warehouse.duckdb"))
+        with warehouse.get_connection() as conn:
+            for event_id, eligible, reason in events:
+                payload = json.dumps({
+                    "event_name": "page_visit", "action_source": "web", "event_time": now,
+                    "event_id": event_id, "user_data": {"client_ip_address": "203.0.113.5",
+                                                        "client_user_agent": "Mozilla/5.0"}})
+                conn.execute(
+                    "INSERT INTO capi.pinterest_events (partition_date, event_id, event_name, "
+                    "action_source, event_time, source_event_type, store, eligible, "
+                    "skip_reason, has_em, has_ph, has_external_id, has_click_id, has_ip_ua, "
+                    "has_hashed_maids, click_id_from_profile, payload) VALUES (?, ?, "
+                    "'page_visit', 'web', ?, 'page_view', 'shop', ?, ?, false, false, false, "
+                    "false, true, false, false, ?)", [DAY, event_id, now, eligible, reason,
+                                                      payload])
+            for event_id, reason in noted:
+                conn.execute("INSERT INTO delivery.event_outcomes VALUES (?, ?, ?, 'skipped', "
+                             "0, NULL, ?, NULL, ?)", [ledger_name(None), DAY, event_id, reason,
+                                                      EARLY])
+        destination = Destination(name=ledger_name(None), base_url=emulator.base_url,
+                                  ad_account_id=AD_ACCOUNT, token_env="UNUSED", stores=("*",),
+                                  access_token=TOKEN)
+        plan = DeliveryPlan(destination=destination, stores=["shop"], day=DAY, page_size=1)
+        totals = deliver(warehouse, plan, lambda line: None, record_skips=early)
+        if not early:
+            totals.skipped_recorded = ledger.record_skipped(warehouse, plan)
+        with warehouse.get_connection() as conn:
+            rows = conn.execute(
+                "SELECT event_id, outcome, error_message FROM delivery.event_outcomes "
+                "WHERE recorded_at > ? ORDER BY ALL", [EARLY]).fetchall()
+        assert totals.skipped_recorded == sum(1 for row in rows if row[1] == "skipped")
+        return rows
+
+    (tmp_path / "early").mkdir()
+    (tmp_path / "at_the_end").mkdir()
+    found_early = run(tmp_path / "early", early=True)
+    assert found_early == run(tmp_path / "at_the_end", early=False)
+    assert found_early == [("bot-new", "skipped", "bot"), ("sent-1", "delivered", None),
+                           ("sent-1", "skipped", "bot"), ("sent-2", "delivered", None),
+                           ("sent-2", "skipped", "bot")]
