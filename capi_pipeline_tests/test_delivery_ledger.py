@@ -314,24 +314,21 @@ def test_skips_are_recorded_unless_the_latest_outcome_is_the_same_skip(tmp_path)
     assert deliver(warehouse, plan, lambda line: None).skipped_recorded is None
 
 
-def test_spool_pages_are_page_size_rows_across_the_files_batches(tmp_path):
-    """The spool is an Arrow file of whatever batches DuckDB streamed; it is read back in
-    pages of exactly page_size rows (so the requests are cut the same way whatever DuckDB's
-    batches were), every event once and in order, with its partition day: one date for a
-    page of one day, each event's day otherwise."""
+def test_spool_pages_are_page_size_rows_across_duckdbs_batches():
+    """DuckDB streams batches of whatever size; the spool cuts them into pages of exactly
+    page_size rows (so the requests are cut the same way whatever DuckDB's batches were),
+    every event once and in order, each page with its partition day: one date for a page of
+    one day, each event's day otherwise."""
     import pyarrow as pa
 
-    from capi_pipeline.delivery.ledger import _pages
+    from capi_pipeline.delivery.ledger import _page, cut_pages
 
     ids = [f"e{n:02d}" for n in range(20)]
     days = [DAY] * 12 + [DAY - timedelta(days=1)] * 8
     table = pa.table({"event_id": ids, "payload": [f'{{"n":{n}}}'.encode() for n in range(20)],
                       "partition_date": days})
-    spool = tmp_path / "due.arrow"
-    with pa.OSFile(str(spool), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-        for batch in table.to_batches(max_chunksize=9):  # batches of 9, 9 and 2 rows
-            writer.write_batch(batch)
-    pages = list(_pages(spool, 7))
+    batches = table.to_batches(max_chunksize=9)  # batches of 9, 9 and 2 rows
+    pages = [_page(page) for page in cut_pages(batches, 7)]
     assert [len(page) for page, _ in pages] == [7, 7, 6]
     assert [event_id for page, _ in pages for event_id, _ in page] == ids
     assert [payload for page, _ in pages for _, payload in page][13] == b'{"n":13}'
@@ -339,3 +336,117 @@ def test_spool_pages_are_page_size_rows_across_the_files_batches(tmp_path):
     assert pages[1][1] == {event_id: day for event_id, day in zip(ids[7:14], days[7:14],
                                                                    strict=True)}
     assert pages[2][1] == DAY - timedelta(days=1)
+    assert [len(page) for page in cut_pages(batches, 20)] == [20]
+    assert list(cut_pages([], 7)) == []
+
+
+def test_the_first_pages_are_sent_while_the_spool_writes_the_rest(tmp_path, monkeypatch):
+    """The spool's thread writes page after page while the sender takes them: here the
+    second page is written only once the sender holds the first, which a spool that wrote
+    every page before sending the first could never do. The pages are the query's rows in
+    order, and their files are gone once read."""
+    import threading
+
+    from capi_pipeline.delivery import ledger
+    from capi_pipeline.delivery.destinations import Destination
+    from capi_pipeline.delivery.ledger import DeliveryPlan, Spool
+    from capi_pipeline.resources import WarehouseResource
+
+    warehouse = WarehouseResource(database=str(tmp_path / "warehouse.duckdb"))
+    with warehouse.get_connection() as conn:
+        conn.execute(
+            "INSERT INTO capi.pinterest_events (partition_date, event_id, event_name, "
+            "action_source, event_time, source_event_type, store, eligible, has_em, has_ph, "
+            "has_external_id, has_click_id, has_ip_ua, has_hashed_maids, "
+            "click_id_from_profile, payload) SELECT ?, 'e' || lpad(i::VARCHAR, 3, '0'), "
+            "'page_visit', 'web', i, 'page_view', 'shop', true, true, false, false, false, "
+            "false, false, false, '{\"n\":' || i || '}' FROM range(25) t(i)", [DAY])
+    destination = Destination(name="pinterest:1", base_url="http://127.0.0.1:1",
+                              ad_account_id="1", token_env="UNUSED", stores=("*",))
+    plan = DeliveryPlan(destination=destination, stores=["shop"], day=DAY, page_size=10)
+
+    first_page_taken = threading.Event()
+    written = []
+    cut = ledger.cut_pages
+
+    def pages_after_the_first_is_taken(batches, page_size):
+        for number, page in enumerate(cut(batches, page_size)):
+            if number == 1:
+                assert first_page_taken.wait(timeout=30), "the sender waited for every page"
+            written.append(page.num_rows)
+            yield page
+
+    monkeypatch.setattr(ledger, "cut_pages", pages_after_the_first_is_taken)
+    with Spool(warehouse, plan) as spool:
+        assert spool.has_events()
+        received = []
+        for page, days in spool.pages():
+            first_page_taken.set()
+            received.append([event_id for event_id, _ in page])
+            assert days == DAY
+        assert spool.count() == 25
+    assert written == [10, 10, 5]
+    assert [event_id for page in received for event_id in page] == [
+        f"e{n:03d}" for n in range(25)]
+    assert list(ledger.journal_folder(warehouse).glob("due-*")) == []
+
+
+def test_skips_found_while_sending_are_those_found_at_the_end(tmp_path, emulator):
+    """The spool works out the day's skips while the run sends; the rows written must be
+    those the statement finds after the run's outcomes are in, ineligible events sharing
+    their id with one sent in this run included: their latest outcome is then this run's, so
+    each is skipped again once, whether or not the same skip was noted before."""
+    import time as clock
+
+    from capi_pipeline.delivery import ledger
+    from capi_pipeline.delivery.destinations import Destination
+    from capi_pipeline.delivery.ledger import DeliveryPlan, deliver
+    from capi_pipeline.resources import WarehouseResource
+
+    emulator.reset()
+    now = int(clock.time()) - 3600
+    events = [("sent-1", True, None), ("sent-2", True, None), ("bot-new", False, "bot"),
+              ("bot-noted", False, "bot"), ("sent-1", False, "bot"), ("sent-2", False, "bot")]
+    noted = [("bot-noted", "bot"), ("sent-1", "bot")]
+
+    def run(folder, early: bool) -> list[tuple]:
+        warehouse = WarehouseResource(database=str(folder / "warehouse.duckdb"))
+        with warehouse.get_connection() as conn:
+            for event_id, eligible, reason in events:
+                payload = json.dumps({
+                    "event_name": "page_visit", "action_source": "web", "event_time": now,
+                    "event_id": event_id, "user_data": {"client_ip_address": "203.0.113.5",
+                                                        "client_user_agent": "Mozilla/5.0"}})
+                conn.execute(
+                    "INSERT INTO capi.pinterest_events (partition_date, event_id, event_name, "
+                    "action_source, event_time, source_event_type, store, eligible, "
+                    "skip_reason, has_em, has_ph, has_external_id, has_click_id, has_ip_ua, "
+                    "has_hashed_maids, click_id_from_profile, payload) VALUES (?, ?, "
+                    "'page_visit', 'web', ?, 'page_view', 'shop', ?, ?, false, false, false, "
+                    "false, true, false, false, ?)", [DAY, event_id, now, eligible, reason,
+                                                      payload])
+            for event_id, reason in noted:
+                conn.execute("INSERT INTO delivery.event_outcomes VALUES (?, ?, ?, 'skipped', "
+                             "0, NULL, ?, NULL, ?)", [ledger_name(None), DAY, event_id, reason,
+                                                      EARLY])
+        destination = Destination(name=ledger_name(None), base_url=emulator.base_url,
+                                  ad_account_id=AD_ACCOUNT, token_env="UNUSED", stores=("*",),
+                                  access_token=TOKEN)
+        plan = DeliveryPlan(destination=destination, stores=["shop"], day=DAY, page_size=1)
+        totals = deliver(warehouse, plan, lambda line: None, record_skips=early)
+        if not early:
+            totals.skipped_recorded = ledger.record_skipped(warehouse, plan)
+        with warehouse.get_connection() as conn:
+            rows = conn.execute(
+                "SELECT event_id, outcome, error_message FROM delivery.event_outcomes "
+                "WHERE recorded_at > ? ORDER BY ALL", [EARLY]).fetchall()
+        assert totals.skipped_recorded == sum(1 for row in rows if row[1] == "skipped")
+        return rows
+
+    (tmp_path / "early").mkdir()
+    (tmp_path / "at_the_end").mkdir()
+    found_early = run(tmp_path / "early", early=True)
+    assert found_early == run(tmp_path / "at_the_end", early=False)
+    assert found_early == [("bot-new", "skipped", "bot"), ("sent-1", "delivered", None),
+                           ("sent-1", "skipped", "bot"), ("sent-2", "delivered", None),
+                           ("sent-2", "skipped", "bot")]

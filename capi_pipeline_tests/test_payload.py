@@ -503,6 +503,7 @@ def test_screened_check_counts_what_walking_every_payload_counts(warehouse):
     assert _certainly_clean(text.encode()), "a builder's payload should pass the screen"
     ascii_text = text.replace("Café", "Cafe").replace('Acme \\"Pro\\"', "Acme Pro")
     assert cleared_by_grammar(ascii_text), "an ASCII builder's payload should pass the grammar"
+    assert cleared_by_grammar(text), "an accent or an escaped quote should pass the grammar"
     base = json.loads(text)
     digest = base["user_data"]["em"][0]
     user, custom = base["user_data"], base["custom_data"]
@@ -549,7 +550,26 @@ def test_screened_check_counts_what_walking_every_payload_counts(warehouse):
         ascii_text.replace('"item_name":"', '"item_name":"0207946', 1),
         ascii_text.replace('"item_brand":"', '"colour":"red","item_brand":"', 1),
         ascii_text.replace('"item_brand":"', '"item_brand":"x\\"1234567\\"', 1),
+        # Characters the grammar leaves to the Python screen: a line separator, a soft
+        # hyphen, an escaped accent, a full-width @.
+        ascii_text.replace('"item_name":"', '"item_name":"Café 555-123-4567 ', 1),
+        ascii_text.replace('"item_name":"', '"item_name":"\\"020\\" 7946 0958', 1),
+        ascii_text.replace('"item_name":"', '"item_name":"x\u2028 1234567', 1),
+        ascii_text.replace('"item_name":"', '"item_name":"x\u00ad', 1),
+        ascii_text.replace('"item_name":"', '"item_name":"Caf\\u00e9', 1),
+        ascii_text.replace('"item_name":"', '"item_name":"jane\uff20example.com ', 1),
     ]
+    # Free text the grammar reads as letters: accents, dashes, escaped quotes and backslashes,
+    # here around six digits in all (the item's name ends in "Set of 2"). json_tree must
+    # write them back as they are: a U+2010 written as an escape would bring four digits of
+    # its own, and the walk would find seven in a row.
+    letters = [
+        ascii_text.replace('"item_name":"', '"item_name":"Size \u2010123 \\"x\\" é–45', 1),
+        ascii_text.replace('"item_name":"', '"item_name":"a\\\\\\"1ſ2¡3¬4®5‧\\\\', 1),
+    ]
+    for payload in letters:
+        assert cleared_by_grammar(payload), payload
+    planted += letters
     for number, payload in enumerate(planted):
         warehouse.conn.execute("DELETE FROM capi.pinterest_events")
         _plant_payload(warehouse.conn, f"planted-{number}", payload)

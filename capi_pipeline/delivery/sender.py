@@ -94,15 +94,24 @@ class BatchDone:
 
 
 class Progress:
-    """Counts a person can follow during a long send, logged every few seconds."""
+    """Counts a person can follow during a long send, logged every few seconds.
 
-    def __init__(self, total: int, log: Callable[[str], None], every: float = 5.0) -> None:
-        self.total = total
+    `total` is a number, or a function giving it once known (None before): the delivery's
+    spool counts the events due while the first pages are already being sent.
+    """
+
+    def __init__(self, total: int | Callable[[], int | None], log: Callable[[str], None],
+                 every: float = 5.0) -> None:
+        self._total = total
         self.done = 0
         self.batches = 0
         self._log = log
         self._every = every
         self._started = self._last = time.monotonic()
+
+    @property
+    def total(self) -> int | None:
+        return self._total() if callable(self._total) else self._total
 
     def add(self, events: int) -> None:
         self.done += events
@@ -114,8 +123,11 @@ class Progress:
 
     def line(self) -> str:
         rate = self.done / max(time.monotonic() - self._started, 1e-9)
-        return (f"{self.batches} batches, {self.done}/{self.total} events sent "
-                f"({rate:,.0f} events/s), {self.total - self.done} left")
+        total = self.total
+        if total is None:
+            return f"{self.batches} batches, {self.done} events sent ({rate:,.0f} events/s)"
+        return (f"{self.batches} batches, {self.done}/{total} events sent "
+                f"({rate:,.0f} events/s), {total - self.done} left")
 
 
 async def send_batches(

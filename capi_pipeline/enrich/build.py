@@ -147,7 +147,10 @@ SELECT * FROM latest WHERE sid IS NOT NULL
 """
 
 # An order reported on two days (a pixel before midnight, its webhook after) is still one
-# purchase: the report already delivered wins, else the browser's, else the earliest.
+# purchase: the report already delivered wins, else the browser's, else the earliest. Which
+# reports were delivered is asked of the ledger for those reports' event ids only: as an
+# EXISTS per report, DuckDB hashed the event id of every delivered outcome of every day
+# (1.9 million at 30 days of 330,000 events; 0.4 to 0.9 s of CPU against 0.12 s).
 ORDERS_SQL = """
 CREATE OR REPLACE TEMP TABLE enrich_orders AS
 WITH day_orders AS (
@@ -156,18 +159,21 @@ WITH day_orders AS (
       AND order_id IS NOT NULL
 ),
 order_reports AS (
-    SELECT s.order_id, s.event_id, s.source_format, s.event_time,
-           EXISTS (SELECT 1 FROM delivery.event_outcomes o
-                   WHERE o.event_id = s.event_id AND o.outcome = 'delivered') AS delivered
+    SELECT s.order_id, s.event_id, s.source_format, s.event_time
     FROM staging.events s
     WHERE s.event_type = 'purchase' AND s.duplicate_of IS NULL
       AND s.order_id IN (SELECT order_id FROM day_orders)
+),
+delivered AS (
+    SELECT DISTINCT event_id FROM delivery.event_outcomes
+    WHERE outcome = 'delivered' AND event_id IN (SELECT event_id FROM order_reports)
 )
-SELECT order_id,
-       arg_min(event_id, (NOT delivered, source_format <> 'shopify_pixel', event_time))
-           AS winner_event_id
-FROM order_reports
-GROUP BY order_id
+SELECT r.order_id,
+       arg_min(r.event_id, (d.event_id IS NULL, r.source_format <> 'shopify_pixel',
+                            r.event_time)) AS winner_event_id
+FROM order_reports r
+LEFT JOIN delivered d USING (event_id)
+GROUP BY r.order_id
 """
 
 # The items of the day's events with several as custom_data's contents, content_ids and
