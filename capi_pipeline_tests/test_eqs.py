@@ -128,10 +128,16 @@ def test_asset_stores_pinterests_score_beside_ours(fed, tmp_path):
     assert rows == (11 * 2, 11)  # eleven components for checkout and page_visit
     assert compared == (pytest.approx(0.6667), 1.0)
 
-    # Again: the day's rows are replaced, not added to.
+    # Again: the day's rows are replaced, not added to, and a destination this run does not
+    # read (one removed from the settings) keeps its scores for the day.
+    with duckdb.connect(str(path)) as conn:
+        conn.execute("INSERT INTO monitoring.pinterest_eqs SELECT * REPLACE ('eu' AS "
+                     "destination) FROM monitoring.pinterest_eqs LIMIT 1")
     assert run_eqs(path, fed.base_url, TOKEN, yesterday.isoformat()).success
     with duckdb.connect(str(path), read_only=True) as conn:
-        assert conn.execute("SELECT count(*) FROM monitoring.pinterest_eqs").fetchone()[0] == 22
+        by_destination = conn.execute("SELECT destination = 'eu', count(*) FROM "
+                                      "monitoring.pinterest_eqs GROUP BY 1 ORDER BY 1").fetchall()
+    assert by_destination == [(False, 22), (True, 1)]
 
 
 def test_asset_reads_nothing_without_a_token_or_for_an_old_day(fed, tmp_path):

@@ -137,6 +137,33 @@ def test_rerun_replaces_the_day(day):
                             ).fetchone()[0] == 8
 
 
+def test_a_run_for_another_account_keeps_the_days_figures_of_this_one(day):
+    """A run whose settings name another ad account replaces only that account's rows: the
+    day's figures for the account that did send stay, and the run says it kept them."""
+    run(day)
+    other = "549755813600"
+    resources = {
+        "duckdb": WarehouseResource(database=str(day)),
+        "pinterest": PinterestResource(ad_account_id=other, access_token="unused"),
+        "monitoring": MonitoringSettings(match_score_floor=50.0),
+    }
+    result = materialize([match_rate], partition_key=data.DAY.isoformat(), resources=resources)
+    with duckdb.connect(str(day), read_only=True) as conn:
+        kept = conn.execute(
+            "SELECT event_name, sent, processed FROM monitoring.match_rate "
+            "WHERE destination = ? ORDER BY event_name", [data.DESTINATION]).fetchall()
+        others = conn.execute(
+            "SELECT sum(sent) FROM monitoring.match_rate WHERE destination = ?",
+            [f"pinterest:{other}"]).fetchone()[0]
+        reasons = conn.execute("SELECT count(*) FROM monitoring.skipped_by_reason "
+                               "WHERE destination = ?", [data.DESTINATION]).fetchone()[0]
+    assert kept == [("all", 6, 4), ("checkout", 4, 2), ("page_visit", 2, 2)]
+    assert reasons == 8
+    assert others == 0
+    metadata = result.asset_materializations_for_node("monitoring__match_rate")[0].metadata
+    assert metadata["kept_destinations"].value == data.DESTINATION
+
+
 def test_match_score_floor_warns_below_and_passes_above(day):
     low = evaluations(run(day, floor=60.0))["match_score_above_floor"]
     assert not low.passed and low.severity == AssetCheckSeverity.WARN

@@ -153,10 +153,19 @@ def _rate_day(context: AssetExecutionContext, duckdb: WarehouseResource, destina
               day) -> dict:
     with duckdb.get_connection() as conn:
         stores = partition_stores(conn, day)
+        names = [destination.ledger_name for destination in destinations]
         conn.execute("BEGIN TRANSACTION")
         try:
+            # Only this run's destinations are replaced: a destination left out of the run's
+            # settings keeps its figures for the day (and is named in a warning), so a run
+            # with the wrong account cannot wipe another destination's day.
             for table in ("monitoring.match_rate", "monitoring.skipped_by_reason"):
-                conn.execute(f"DELETE FROM {table} WHERE partition_date = ?", [day])
+                conn.execute(f"DELETE FROM {table} WHERE partition_date = ? "
+                             f"AND destination IN (SELECT unnest(?))", [day, names])
+            kept = [row[0] for row in conn.execute(
+                "SELECT DISTINCT destination FROM monitoring.match_rate "
+                "WHERE partition_date = ? AND destination NOT IN (SELECT unnest(?)) "
+                "ORDER BY 1", [day, names]).fetchall()]
             for destination in destinations:
                 params = {"day": day, "destination": destination.ledger_name,
                           "stores": stores_for(destination, stores, destinations)}
@@ -172,6 +181,12 @@ def _rate_day(context: AssetExecutionContext, duckdb: WarehouseResource, destina
         rows = day_rows(conn, day)
 
     metadata: dict[str, object] = {"dagster/row_count": len(rows)}
+    if kept:
+        metadata["kept_destinations"] = ", ".join(kept)
+        context.log.warning(
+            f"partition {day}: kept the figures of {', '.join(kept)}, not configured in "
+            f"this run; the headline includes them"
+        )
     total = headline(rows)
     if total:
         metadata.update({name: int(total[name]) for name in HEADLINE_COUNTS})

@@ -130,7 +130,9 @@ def _read_day(context: AssetExecutionContext, duckdb: WarehouseResource,
             f"{score.get('source_platform')}: {score['overall_status']}" for score in scores)
     with duckdb.get_connection() as conn:
         conn.execute("BEGIN TRANSACTION")
-        conn.execute("DELETE FROM monitoring.pinterest_eqs WHERE partition_date = ?", [day])
+        # Only the destinations read now are replaced; another's scores for the day stay.
+        conn.execute("DELETE FROM monitoring.pinterest_eqs WHERE partition_date = ? "
+                     "AND destination IN (SELECT unnest(?))", [day, list(statuses)])
         if rows:
             conn.executemany("INSERT INTO monitoring.pinterest_eqs VALUES "
                              "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
