@@ -150,7 +150,9 @@ _LATEST_VALUES = ",\n".join(
                  "advertising_id")
 )
 
-PROFILES_SQL = """
+# The profile's values of the events read ({which}): an address and a web pair (IP with user
+# agent, web events only) each kept whole, so their parts come from one event.
+_EVENTS = """
 WITH events AS (
     SELECT visitor_id, event_time, email, phone, first_name, last_name, customer_id, click_id,
            gender, date_of_birth, advertising_id,
@@ -162,7 +164,9 @@ WITH events AS (
     FROM identity.event_visitors
     WHERE {which}
 ),
-identifier_counts AS (
+"""
+
+PROFILES_SQL = _EVENTS + """identifier_counts AS (
     SELECT visitor_id, count(*) AS identifiers FROM {nodes}
     WHERE visitor_id IN (SELECT visitor_id FROM events) GROUP BY visitor_id
 ),
@@ -192,19 +196,7 @@ def _single_event_values() -> str:
 # PROFILES_SQL over the days read (identifiers counted elsewhere): most visitors have one event
 # on a day, and their profile is that event's values, without the hash aggregate of sixteen
 # latest values (half its time at 10M events).
-DAY_PROFILES_SQL = """
-WITH events AS (
-    SELECT visitor_id, event_time, email, phone, first_name, last_name, customer_id, click_id,
-           gender, date_of_birth, advertising_id,
-           CASE WHEN coalesce(city, state, zip, country) IS NOT NULL
-                THEN {{'city': city, 'state': state, 'zip': zip, 'country': country}} END
-               AS address,
-           CASE WHEN action_source = 'web' AND ip IS NOT NULL AND user_agent IS NOT NULL
-                THEN {{'ip': ip, 'user_agent': user_agent}} END AS web
-    FROM identity.event_visitors
-    WHERE {which}
-),
-counts AS (
+DAY_PROFILES_SQL = _EVENTS + """counts AS (
     SELECT visitor_id, count(*) AS events FROM events GROUP BY visitor_id
 ),
 single AS (
