@@ -349,7 +349,7 @@ class Spool:
                   "destination": plan.destination.ledger_name}
         conn.register("delivery_spool_ids", ids)
         try:
-            skips = conn.execute(EARLY_SKIPS_SQL, params).to_arrow_table()
+            skips = conn.sql(EARLY_SKIPS_SQL, params=params).to_arrow_table()
             shared = conn.execute(SENT_CANDIDATES_SQL,
                                   {"day": plan.day, "stores": plan.stores}).fetchall()[0][0]
         finally:
