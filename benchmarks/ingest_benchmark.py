@@ -12,6 +12,11 @@ it holds. It prints events per
 second and the peak RSS of the process (DuckDB included), the median of the runs, and the rate
 of `CREATE TABLE AS SELECT * FROM read_json(...)` of the same file into a DuckDB file, timed
 the same way, with the ratio of the two.
+
+With `--floors`, it also times what any pipeline that keeps raw events must do at least:
+the file's lines stored as text, with DuckDB's own compression choice, with `zstd` (what
+raw.events.body uses) and uncompressed, each ending in a CHECKPOINT like the pipeline's
+commits, one process each, median of the runs.
 """
 
 import argparse
@@ -200,6 +205,28 @@ def run_read_json(source: Path) -> dict:
     return {"rows": rows, "seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb": _peak_rss_mb()}
 
 
+FLOOR_COMPRESSIONS = ("auto", "zstd", "uncompressed")
+
+
+def run_text_floor(source: Path, compression: str) -> dict:
+    """The file's lines stored as text in a fresh DuckDB file, with one compression."""
+    import duckdb
+
+    with tempfile.TemporaryDirectory() as folder:
+        conn = duckdb.connect(str(Path(folder) / "text.duckdb"))
+        using = "" if compression == "auto" else f" USING COMPRESSION {compression}"
+        conn.execute(f"CREATE TABLE t (line VARCHAR{using})")
+        started, cpu_started = time.perf_counter(), _cpu_seconds()
+        conn.execute("INSERT INTO t SELECT json FROM read_ndjson_objects(?, ignore_errors = "
+                     "true, maximum_object_size = 2000000)", [str(source)])
+        conn.execute("CHECKPOINT")
+        seconds, cpu = time.perf_counter() - started, _cpu_seconds() - cpu_started
+        rows = conn.execute("SELECT count(*) FROM t").fetchone()[0]
+        size_mb = (Path(folder) / "text.duckdb").stat().st_size / 1e6
+        conn.close()
+    return {"rows": rows, "seconds": seconds, "cpu_seconds": cpu, "size_mb": size_mb}
+
+
 def _cpu_seconds() -> float:
     """CPU time of this process, all its threads (DuckDB's included), user and system."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -210,10 +237,10 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _child(kind: str, source: Path, memory_limit: str) -> dict:
+def _child(kind: str, source: Path, memory_limit: str, *extra: str) -> dict:
     output = subprocess.run(
         [sys.executable, __file__, "--child", kind, "--file", str(source),
-         "--memory-limit", memory_limit],
+         "--memory-limit", memory_limit, *extra],
         check=True, capture_output=True, text=True,
     ).stdout
     return json.loads(output.strip().splitlines()[-1])
@@ -226,13 +253,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path("data/bench-ingest"))
     parser.add_argument("--memory-limit", default="1GB",
                         help="DuckDB memory_limit for the pipeline runs (default 1GB)")
-    parser.add_argument("--child", choices=["pipeline", "read_json"], help=argparse.SUPPRESS)
+    parser.add_argument("--floors", action="store_true",
+                        help="also time the file's lines stored as text (see the docstring)")
+    parser.add_argument("--child", choices=["pipeline", "read_json", "text"],
+                        help=argparse.SUPPRESS)
     parser.add_argument("--file", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--compression", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.child:
-        figures = (run_pipeline(args.file, args.memory_limit) if args.child == "pipeline"
-                   else run_read_json(args.file))
+        if args.child == "pipeline":
+            figures = run_pipeline(args.file, args.memory_limit)
+        elif args.child == "read_json":
+            figures = run_read_json(args.file)
+        else:
+            figures = run_text_floor(args.file, args.compression)
         print(json.dumps(figures))
         return 0
 
@@ -267,6 +302,16 @@ def main(argv: list[str] | None = None) -> int:
     peak = statistics.median(f["peak_rss_mb"] for f in pipeline)
     print(f"median of {args.runs}: ingest + staging {rate:,.0f} events/s, peak RSS {peak:,.0f} MB; "
           f"bare read_json {bare_rate:,.0f} rows/s; ratio {rate / bare_rate:.2f}")
+    if args.floors:
+        for compression in FLOOR_COMPRESSIONS:
+            runs = [_child("text", source, args.memory_limit, "--compression", compression)
+                    for _ in range(args.runs)]
+            times = [f["seconds"] for f in runs]
+            seconds = statistics.median(times)
+            each = ", ".join(f"{value:.2f}" for value in times)
+            print(f"floor: the lines stored as text, compression {compression}: "
+                  f"{runs[0]['rows']:,} rows in {seconds:.2f} s (median of {args.runs}: {each} s), "
+                  f"{runs[0]['rows'] / seconds:,.0f} rows/s, file {runs[0]['size_mb']:,.0f} MB")
     return 0
 
 
