@@ -207,7 +207,9 @@ def test_every_day_was_staged_and_each_event_sent_once(backfill):
     delivered = sorted(day for (day,) in pipeline.query(
         "SELECT DISTINCT CAST(partition_date AS VARCHAR) FROM delivery.event_status "
         "WHERE outcome = 'delivered'"))
-    assert delivered == backfill["days"][-7:] or delivered == backfill["days"][-8:]
+    # The window ends now, so the oldest day it reaches has fewer of its events inside it as
+    # the UTC day goes on: late in the day, the day seven days back has none left.
+    assert 6 <= len(delivered) <= 8 and delivered == backfill["days"][-len(delivered):]
     sent = pipeline.query(
         "SELECT count(*), count(DISTINCT event_id) FROM delivery.event_status "
         "WHERE outcome = 'delivered'")[0]
