@@ -85,6 +85,56 @@ def test_landing_the_same_file_twice_or_under_another_name_adds_nothing(conn, tm
     assert touched.status == "unchanged" and _counts(conn) == (2, 0)
 
 
+def test_copies_of_a_file_that_changes_keep_its_old_lines(conn, tmp_path):
+    """Two copies were kept as duplicates of a.ndjson; when a.ndjson is rewritten, its old
+    lines live on in the copies, so the first copy is loaded and the second stays its twin."""
+    landing = tmp_path / "landing"
+    first = _write(landing / "a.ndjson", [_pixel("e-1", "2026-12-01T10:00:00Z"),
+                                          _pixel("e-2", "2026-12-01T11:00:00Z")])
+    _sync(conn, landing)
+    shutil.copy(first, landing / "b.ndjson")
+    shutil.copy(first, landing / "c.ndjson")
+    assert [result.status for result in _sync(conn, landing)] == ["duplicate", "duplicate"]
+    _write(first, [_pixel("e-3", "2026-12-01T12:00:00Z")])
+    results = _sync(conn, landing)
+    assert [(result.path, result.status, result.version) for result in results] == [
+        ("a.ndjson", "loaded", 2), ("b.ndjson", "loaded", 2)]
+    assert conn.execute("SELECT source_file, source_event_id FROM raw.events "
+                        "ORDER BY ALL").fetchall() == [
+        ("a.ndjson", "e-3"), ("b.ndjson", "e-1"), ("b.ndjson", "e-2")]
+    assert conn.execute("SELECT status, duplicate_of FROM raw.landed_files "
+                        "WHERE path = 'c.ndjson'").fetchall() == [("duplicate", "a.ndjson")]
+    assert _sync(conn, landing) == []
+
+
+def test_lines_and_files_that_once_stopped_a_sync_are_accounted_for(conn, tmp_path):
+    """Each of these raised out of sync_landing, so no file after it was ever loaded: a time
+    of 22 digits (its microseconds overflowed BIGINT in the fast path), a body nested 300
+    deep on the parser's path (orjson writes at most 254 levels), a file that fails every
+    read, and a file name that is not UTF-8."""
+    landing = tmp_path / "landing"
+    deep = b'{"id":"e-deep","name":"page_viewed","clientId":"c-1","timestamp":' \
+        b'"2026-12-01T10:00:00","x":' + b"[" * 300 + b"]" * 300 + b"}"
+    _write(landing / "a.ndjson", [_pixel("e-digits", "9999999999999999999999"),
+                                  b'{"type":"track","event":"x","anonymousId":"a",'
+                                  b'"timestamp":99999999999999999999999}',
+                                  deep, _pixel("e-1", "2026-12-01T10:00:00Z")])
+    os.symlink("/proc/self/mem", landing / "b.ndjson")
+    (landing / os.fsdecode(b"caf\xe9.ndjson")).write_bytes(
+        _pixel("e-cafe", "2026-12-01T10:00:00Z") + b"\n")
+    _write(landing / "z.ndjson", [_pixel("e-last", "2026-12-01T10:00:00Z")])
+    results = {result.path: result for result in _sync(conn, landing)}
+    assert {path: result.status for path, result in results.items()} == {
+        "a.ndjson": "loaded", "b.ndjson": "unreadable", "caf\\xe9.ndjson": "loaded",
+        "z.ndjson": "loaded"}
+    assert dict(results["a.ndjson"].reasons) == {"missing_time": 2}
+    events = dict(conn.execute("SELECT source_event_id, body FROM raw.events").fetchall())
+    assert set(events) == {"e-deep", "e-1", "e-cafe", "e-last"}
+    assert orjson.loads(events["e-deep"].encode()) == json.loads(deep)
+    assert conn.execute("SELECT current_setting('disabled_optimizers')").fetchone()[0] == ""
+    assert _sync(conn, landing) == []
+
+
 def test_a_changed_file_is_a_new_version_that_replaces_its_rows(conn, tmp_path):
     landing = tmp_path / "landing"
     path = _write(landing / "a.ndjson", [_pixel("e-1", "2026-12-01T10:00:00Z")])
@@ -619,3 +669,10 @@ def test_a_temporary_setting_is_put_back_even_when_the_statement_fails():
         with temporary_setting(db, "disabled_optimizers", "top_n"):
             assert setting("disabled_optimizers") == "top_n"
         assert setting("disabled_optimizers") == "join_order"
+        # Inside a transaction, a failed statement makes DuckDB refuse the SET that puts the
+        # setting back: the statement's own error is the one raised, not that refusal.
+        db.execute("BEGIN TRANSACTION")
+        with pytest.raises(duckdb.ConversionException):
+            with temporary_setting(db, "threads", 1):
+                db.execute("SELECT CAST('x' AS INTEGER)")
+        db.execute("ROLLBACK")

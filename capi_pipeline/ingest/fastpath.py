@@ -91,6 +91,9 @@ CREATE OR REPLACE TEMP MACRO capi_epoch_number(x) AS (
          -- that try_cast does not catch (a whole file failed on one such time).
          WHEN contains(x, '.') THEN CASE WHEN try_cast(x AS DECIMAL(38, 6)) < 100000000000
               THEN try_cast(floor(try_cast(x AS DECIMAL(38, 6)) * 1000000) AS HUGEINT) END
+         -- Over 19 digits, microseconds out of nanoseconds overflow BIGINT, an error that
+         -- try_cast does not catch: such a line goes to the parser, which rejects it.
+         WHEN strlen(x) > 19 THEN NULL
          ELSE try_cast(x AS HUGEINT) END);
 CREATE OR REPLACE TEMP MACRO capi_time_of(x, n) AS (
     CASE WHEN n IS NULL THEN capi_iso_time(x)

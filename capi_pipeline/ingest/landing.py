@@ -59,7 +59,14 @@ def landing_files(landing_dir: Path) -> list[LandedFile]:
         path for path in landing_dir.rglob("*")
         if path.is_file() and path.name.lower().endswith(SUFFIXES)
     ]
-    return [LandedFile(path, path.relative_to(landing_dir).as_posix()) for path in sorted(files)]
+    return [LandedFile(path, _name(path.relative_to(landing_dir).as_posix()))
+            for path in sorted(files)]
+
+
+def _name(relative: str) -> str:
+    """The name the manifest keeps: a path's bytes that are not UTF-8 (Python holds them as
+    lone surrogates, which DuckDB refuses) written as `\\xNN`, the same way every time."""
+    return relative.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def read_lines(landed: LandedFile) -> Iterator[tuple[int, bytes]]:

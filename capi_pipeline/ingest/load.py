@@ -10,7 +10,9 @@ error rolls back everything the file had added and is recorded as `unreadable`.
 """
 
 import hashlib
+import json
 import queue
+import sys
 import threading
 import time
 from collections import Counter
@@ -125,7 +127,29 @@ def sync_landing(
         if previous and (previous.size, previous.mtime_ns) == (stat.st_size, stat.st_mtime_ns):
             continue
         results.append(load_file(conn, landed, previous, now, skew))
+    if results:
+        results += _load_orphaned_duplicates(conn, files, now, skew)
     return files, results
+
+
+def _load_orphaned_duplicates(conn: duckdb.DuckDBPyConnection, files: list[LandedFile],
+                              now: datetime, skew: timedelta) -> list[FileResult]:
+    """Load the files kept as duplicates whose bytes no loaded file holds any more.
+
+    A duplicate adds no rows because its twin holds them; when the twin changes (or becomes
+    a copy of the duplicate), those rows went with it. Each such file is loaded as a new
+    version, one at a time, so of several copies of the same bytes only the first is.
+    """
+    on_disk = {landed.name: landed for landed in files}
+    results = []
+    while True:
+        orphans = [row for row in _known_files(conn).values()
+                   if row.status == "duplicate" and row.path in on_disk
+                   and _same_content(conn, row.sha256, row.path) is None]
+        if not orphans:
+            return results
+        orphan = min(orphans, key=lambda row: row.path)
+        results.append(load_file(conn, on_disk[orphan.path], orphan, now, skew))
 
 
 def _known_files(conn: duckdb.DuckDBPyConnection) -> dict[str, _Known]:
@@ -249,12 +273,20 @@ def _unreadable(conn, landed: LandedFile, file_id: str, version: int, detail: st
             "UPDATE raw.landed_files SET status = 'superseded' WHERE path = ? "
             "AND status = 'unreadable'", [landed.name],
         )
-        _record(conn, result, stat, _sha256(landed.path), started)
+        _record(conn, result, stat, _sha256_if_readable(landed.path), started)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
     return result
+
+
+def _sha256_if_readable(path: Path) -> str:
+    """The file's hash, or "" when it cannot be read even once to its end."""
+    try:
+        return _sha256(path)
+    except OSError:
+        return ""
 
 
 def _sha256(path: Path) -> str:
@@ -660,6 +692,20 @@ def _insert_rows(conn, accepted: list[dict], rejected: list[dict]) -> None:
             conn.execute(f"INSERT INTO {table} BY NAME SELECT * FROM python_rows")
 
 
+def _body_text(body) -> str:
+    """A parsed body as JSON text. orjson writes at most 254 levels of nesting, where it reads
+    1,023: a deeper body is written by the standard library, with room for its recursion."""
+    try:
+        return orjson.dumps(body).decode()
+    except orjson.JSONEncodeError:
+        limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(max(limit, 4000))
+        try:
+            return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+        finally:
+            sys.setrecursionlimit(limit)
+
+
 def _row(day, source_file: str, file_id: str, line_no: int, message: Message) -> dict:
     return {
         "partition_date": day,
@@ -676,7 +722,7 @@ def _row(day, source_file: str, file_id: str, line_no: int, message: Message) ->
         "envelope_user_agent": message.envelope_user_agent,
         "envelope_store": message.envelope_store,
         "time_flags": list(message.time_flags),
-        "body": orjson.dumps(message.body).decode(),
+        "body": _body_text(message.body),
         "file_id": file_id,
     }
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import date
 from pathlib import Path
 
@@ -223,9 +223,18 @@ def temporary_setting(conn: duckdb.DuckDBPyConnection, name: str,
     conn.execute(f"SET {name} = {_setting_literal(value)}")
     try:
         yield
-    finally:
-        conn.execute(f"RESET {name}" if previous in (None, "")
-                     else f"SET {name} = {_setting_literal(previous)}")
+    except BaseException:
+        # After a failed statement inside a transaction, DuckDB refuses every statement until
+        # the rollback, the SET too: the statement's own error is the one to see.
+        with suppress(duckdb.TransactionException):
+            _restore(conn, name, previous)
+        raise
+    _restore(conn, name, previous)
+
+
+def _restore(conn: duckdb.DuckDBPyConnection, name: str, previous) -> None:
+    conn.execute(f"RESET {name}" if previous in (None, "")
+                 else f"SET {name} = {_setting_literal(previous)}")
 
 
 def _setting_literal(value: int | str) -> str:
