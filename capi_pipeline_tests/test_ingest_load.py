@@ -366,7 +366,9 @@ def test_fast_path_matches_the_parser_on_odd_envelope_bodies(conn, tmp_path):
     _write(tmp_path / "l" / "odd.ndjson", lines)
     (result,) = _sync(conn, tmp_path / "l")
     assert result.lines_read == result.lines_accepted + result.lines_rejected == len(lines)
-    assert result.fast_lines >= 4
+    # The envelopes with an object body; a line with a "body" and no envelope field set
+    # goes to the parser, which also takes an envelope field that is there but null.
+    assert result.fast_lines >= 3
     loaded = _loaded_rows(conn)
     for number, raw in enumerate(lines, start=1):
         assert loaded.get(number, []) == _parser_rows(raw), number

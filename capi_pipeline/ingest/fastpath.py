@@ -11,6 +11,7 @@ not an object, lines over 1 MB, Segment batches with a message it cannot take, u
 ambiguous shapes, naive or odd times, missing times and clocks ahead of the limit.
 """
 
+from capi_pipeline.enrich.normalize import _INVISIBLE_EDGES
 from capi_pipeline.ingest.parse import ORDER_TOPICS, SEGMENT_TYPES
 
 _SHAPE_FIELDS = (
@@ -48,9 +49,15 @@ _PLACEHOLDERS_SQL = ", ".join(
          "n/a", "#n/a", "unknown", "[object object]"}
     )
 )
-# What `normalize.clean` strips, as one SQL literal (the characters themselves): a chain of
-# chr() calls in every use made planning the staging queries take 0.3 s a day longer.
-_SPACES_SQL = "'" + " \t\n\x0b\x0c\r\xa0\ufeff\u200b\u200c\u200d\u2060" + "'"
+# What `normalize.clean` strips from both ends, as one SQL literal (the characters
+# themselves: a chain of chr() calls in every use made planning the staging queries take
+# 0.3 s a day longer): every character str.strip() takes (Unicode's white space, U+3000 and
+# U+2028 among them) and the invisible ones clean strips besides.
+_SPACES_SQL = "'" + "".join(
+    character for character in map(chr, range(0x3001)) if character.isspace()
+) + _INVISIBLE_EDGES + "'"
+_ISO_TIME = (r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+             r"(\.[0-9]{1,6})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])")
 _SEGMENT_TYPES_SQL = ", ".join(f"'{kind}'" for kind in sorted(SEGMENT_TYPES))
 _ORDER_TOPICS_SQL = ", ".join(f"'{topic}'" for topic in sorted(ORDER_TOPICS))
 
@@ -67,9 +74,13 @@ CREATE OR REPLACE TEMP MACRO capi_clean(x) AS (
          WHEN ord(x[1]) BETWEEN 33 AND 126 AND ord(x[-1]) BETWEEN 33 AND 126
               AND (strlen(x) > 15 OR NOT contains('uUnN-?(<#[', x[1]))
          THEN x ELSE capi_clean_slow(x) END);
+-- Only the plain form the parser reads the same way: two-digit hours up to 23 (DuckDB also
+-- takes 24:00, a one-digit hour and a named zone), at most microseconds (DuckDB rounds
+-- beyond them, the parser cuts). Any other time goes to the parser.
 CREATE OR REPLACE TEMP MACRO capi_iso_time(x) AS (
     CASE WHEN length(x) BETWEEN 20 AND 32 AND x[5] = '-' AND x[11] IN ('T', ' ')
               AND (x[-1] = 'Z' OR (x[-6] IN ('+', '-') AND x[-3] = ':'))
+              AND regexp_full_match(x, '{_ISO_TIME}')
          THEN try_cast(x AS TIMESTAMPTZ) END);
 CREATE OR REPLACE TEMP MACRO capi_epoch_us(n) AS (
     CASE WHEN n < 100000000000 THEN n * 1000000
@@ -89,6 +100,8 @@ CREATE OR REPLACE TEMP MACRO capi_epoch_number(x) AS (
          THEN NULL
          -- DECIMAL(38, 6): the microseconds of a DECIMAL(18, 6) overflowed it, an error
          -- that try_cast does not catch (a whole file failed on one such time).
+         -- Digits only: DuckDB's casts also read '1_764_583_200', '0x691d0000' and '17e8'.
+         WHEN NOT regexp_full_match(x, '[0-9]+(\\.[0-9]{{1,6}})?') THEN NULL
          WHEN contains(x, '.') THEN CASE WHEN try_cast(x AS DECIMAL(38, 6)) < 100000000000
               THEN try_cast(floor(try_cast(x AS DECIMAL(38, 6)) * 1000000) AS HUGEINT) END
          -- Over 19 digits, microseconds out of nanoseconds overflow BIGINT, an error that
@@ -203,7 +216,11 @@ enveloped AS (
                AS env,
            cut_b IS NOT NULL OR (body_json IS NOT NULL AND ({_ENVELOPE_SEEN.format(e="v")}))
                AS is_envelope
-    FROM parsed WHERE v IS NOT NULL OR cut_b IS NOT NULL
+    FROM parsed
+    -- A line read whole with a "body" and no envelope field set may still name one as null,
+    -- which makes it an envelope to the parser: such lines go to the parser.
+    WHERE cut_b IS NOT NULL OR (v IS NOT NULL AND (body_json IS NOT NULL
+                                                   OR NOT contains(text, '"body"')))
 ),
 unwrapped AS (
     SELECT *,
