@@ -16,7 +16,7 @@ from capi_pipeline.lib.duck import personal_path
 from capi_pipeline.privacy.__main__ import main as privacy_main
 from capi_pipeline.privacy.assets import retention
 from capi_pipeline_tests.conftest import Pipeline
-from capi_pipeline_tests.test_cases import NOON, pixel
+from capi_pipeline_tests.test_cases import NOON, checkout, pixel
 from capi_pipeline_tests.test_secrets import CUSTOMER, EMAIL, FIRST, LAST, _landing_lines
 
 DAY = NOON.date()
@@ -144,3 +144,41 @@ def test_retention_purges_raw_and_staging_rows_past_the_window(tmp_path, emulato
     assert materialize([visitor_profiles], resources=pipeline.resources()).success
     assert sorted(pipeline.query(
         "SELECT visitor_id, events FROM identity.visitor_profiles")) == sorted(visitors)
+
+
+def test_a_namesake_keeps_every_row(tmp_path, emulator, monkeypatch):
+    """A stranger with the person's first and last name (and nothing else of theirs) is
+    another person: erasure once deleted everyone who shared a name with the person."""
+    emulator.reset()
+    pipeline = Pipeline(tmp_path, emulator.base_url)
+    lines = _landing_lines()
+    namesake = pixel("checkout_completed", "namesake-checkout", "client-namesake",
+                     NOON + timedelta(hours=1), "https://shop.example.com/thank_you",
+                     checkout("namesake.other@example.org", "9900111", 20.0, 22.0,
+                              "tok-namesake"))
+    namesake["body"]["data"]["checkout"]["billingAddress"] = {
+        "firstName": FIRST, "lastName": LAST, "countryCode": "US"}
+    text = "\n".join(json.dumps(line) for line in [*lines[:-1], namesake]) + "\n"
+    (pipeline.landing / "people.ndjson").write_text(text)
+    assert pipeline.run(str(DAY)).success
+
+    def namesakes_rows() -> dict[str, int]:
+        return {
+            "staging": pipeline.scalar("SELECT count(*) FROM staging.events "
+                                       "WHERE client_id = 'client-namesake'"),
+            "raw": pipeline.scalar("SELECT count(*) FROM raw.events "
+                                   "WHERE contains(body, 'client-namesake')"),
+            "capi": pipeline.scalar("SELECT count(*) FROM capi.pinterest_events "
+                                    "WHERE event_id = 'namesake-checkout'"),
+            "profiles": pipeline.scalar(
+                "SELECT count(*) FROM identity.visitor_profiles WHERE first_name = ?", FIRST),
+        }
+
+    before = namesakes_rows()
+    assert before["staging"] == before["raw"] == before["capi"] == 1
+    assert before["profiles"] == 2  # the person and the namesake
+    monkeypatch.setenv("CAPI_DUCKDB_PATH", str(pipeline.database))
+    assert privacy_main(["erase", "--email", EMAIL]) == 0
+    assert namesakes_rows() == {**before, "profiles": 1}
+    assert pipeline.scalar("SELECT count(*) FROM staging.events WHERE lower(email) = ?",
+                           EMAIL.lower()) == 0

@@ -135,17 +135,19 @@ def _find(conn, wanted: dict[str, str | None], region: str) -> Person:
             "WHERE visitor_id IN (SELECT unnest($visitors))",
             {"visitors": sorted(person.visitor_ids)}).fetchall()}
     rows = conn.execute(
-        "SELECT event_id, email, phone, customer_id, client_id, first_name, last_name, "
-        "checkout_token, cart_token, country FROM staging.events "
+        "SELECT event_id, email, phone, customer_id, client_id, checkout_token, cart_token, "
+        "country FROM staging.events "
         "WHERE event_key IN (SELECT unnest($keys))", {"keys": sorted(person.event_keys)}
     ).fetchall()
-    for event_id, email, phone, customer, client, first, last, checkout, cart, country in rows:
+    # Only what identifies this person alone is searched for in other rows: names and
+    # countries are shared with strangers (every "Riley", every "Sample"), so the person's
+    # names go with the person's own rows, found by their keys and ids, and no further.
+    for event_id, email, phone, customer, client, checkout, cart, country in rows:
         person.event_ids.add(event_id)
-        for value in (email, phone, customer, client, checkout, cart, first, last):
+        for value in (email, phone, customer, client, checkout, cart):
             if clean(value):
                 person.values.add(value)
-        for name, value in (("em", email), ("ph", phone), ("external_id", customer),
-                            ("fn", first), ("ln", last)):
+        for name, value in (("em", email), ("ph", phone), ("external_id", customer)):
             digest = hash_field(name, value, country, region)
             if digest:
                 person.hashes.add(digest)
