@@ -162,6 +162,8 @@ def test_a_run_for_another_account_keeps_the_days_figures_of_this_one(day):
     assert others == 0
     metadata = result.asset_materializations_for_node("monitoring__match_rate")[0].metadata
     assert metadata["kept_destinations"].value == data.DESTINATION
+    # The run's headline is its own destination's: the kept one's events are the same events.
+    assert (metadata["events_seen"].value, metadata["sent"].value) == (11, 0)
 
 
 def test_match_score_floor_warns_below_and_passes_above(day):

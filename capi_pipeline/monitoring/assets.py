@@ -185,9 +185,11 @@ def _rate_day(context: AssetExecutionContext, duckdb: WarehouseResource, destina
         metadata["kept_destinations"] = ", ".join(kept)
         context.log.warning(
             f"partition {day}: kept the figures of {', '.join(kept)}, not configured in "
-            f"this run; the headline includes them"
+            f"this run; they are left out of its headline"
         )
-    total = headline(rows)
+    # The run's headline is over the destinations it is configured with: a kept destination's
+    # figures may cover the same events under an earlier configuration.
+    total = headline([row for row in rows if row["destination"] in names])
     if total:
         metadata.update({name: int(total[name]) for name in HEADLINE_COUNTS})
         metadata.update({name: round(float(total[name]), 4) for name in HEADLINE_SHARES})
