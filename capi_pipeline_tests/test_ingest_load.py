@@ -616,6 +616,30 @@ def test_snowplow_enriched_events_load_and_stage(conn, tmp_path):
     assert all(row["ip"] is None for row in rows)
 
 
+@needs_shared
+def test_a_bad_snowplow_row_is_rejected_alone(conn, tmp_path):
+    """A row with bad bytes, one with a column too many and one cut short are rejected with
+    their line numbers; every other row of the real sample loads, on its own line number."""
+    sample = SNOWPLOW / "dbt_snowplow_ecommerce__snowplow_ecommerce_events.csv.gz"
+    lines = gzip.decompress(sample.read_bytes()).split(b"\n")
+    assert lines[-1] == b"" and len(lines) == 836  # the header, 834 rows
+    ids = [line.split(b",")[6] for line in lines[1:-1]]  # event_id, the seventh column
+    lines[5] = lines[5][:60] + b"\xff" + lines[5][60:]
+    lines[9] = lines[9] + b",extra"
+    lines[20] = lines[20][:40]
+    landing = tmp_path / "l"
+    landing.mkdir()
+    (landing / "events.csv").write_bytes(b"\n".join(lines))
+    (result,) = _sync(conn, landing)
+    assert (result.status, result.lines_read, result.events) == ("loaded", 834, 831)
+    assert dict(result.reasons) == {"bad_utf8": 1, "bad_row": 2}
+    assert conn.execute("SELECT line_no, reason FROM raw.rejected_lines ORDER BY 1"
+                        ).fetchall() == [(6, "bad_utf8"), (10, "bad_row"), (21, "bad_row")]
+    loaded = dict(conn.execute("SELECT line_no, source_event_id FROM raw.events").fetchall())
+    assert loaded == {number: ids[number - 2].decode() for number in range(2, 836)
+                      if number not in (6, 10, 21)}
+
+
 # --- the sensor -------------------------------------------------------------------------------
 
 def test_sensor_asks_for_exactly_the_days_new_lines_fall_on(tmp_path):

@@ -30,15 +30,33 @@ def load_snowplow(conn: duckdb.DuckDBPyConnection, landed: LandedFile, file_id: 
 
     _hash_file(landed.path, hasher)
     delimiter = "\t" if ".tsv" in landed.name.lower() else ","
+    for table in ("_snowplow_rejects", "_snowplow_scans"):
+        conn.execute(f"DROP TABLE IF EXISTS {table}")
     try:
+        # A row DuckDB cannot read (bad bytes, too many or too few columns) is set aside
+        # with its line number, and the rest of the table is read.
         conn.execute(
-            "CREATE OR REPLACE TEMP TABLE _snowplow AS SELECT row_number() OVER () + 1 AS "
-            "line_no, * FROM read_csv(?, header = true, all_varchar = true, delim = ?, "
-            "quote = '\"', escape = '\"', compression = 'auto', auto_detect = true)",
+            "CREATE OR REPLACE TEMP TABLE _snowplow_read AS SELECT row_number() OVER () AS "
+            "k, * FROM read_csv(?, header = true, all_varchar = true, delim = ?, "
+            "quote = '\"', escape = '\"', compression = 'auto', auto_detect = true, "
+            "store_rejects = true, rejects_table = '_snowplow_rejects', "
+            "rejects_scan = '_snowplow_scans')",
             [str(landed.path), delimiter],
         )
     except duckdb.Error as error:
         raise UnreadableFile(f"{type(error).__name__}: not a readable Snowplow table") from error
+    bad_rows = conn.execute(
+        "SELECT line, bool_or(error_type = 'INVALID ENCODING') FROM _snowplow_rejects "
+        "GROUP BY line ORDER BY line").fetchall()
+    # A row is a line (the rows' JSON contexts hold no line feeds): the accepted rows take, in
+    # order, the line numbers the rejected ones leave.
+    conn.execute(
+        "CREATE OR REPLACE TEMP TABLE _snowplow AS SELECT n.line_no, s.* EXCLUDE (k) "
+        "FROM _snowplow_read s JOIN (SELECT n AS line_no, row_number() OVER (ORDER BY n) AS k "
+        "FROM range(2, (SELECT count(*) FROM _snowplow_read) + ? + 2) r(n) "
+        "WHERE n NOT IN (SELECT unnest(?))) n USING (k)",
+        [len(bad_rows), [line for line, _ in bad_rows] or [0]])
+    conn.execute("DROP TABLE _snowplow_read")
     columns = {row[0] for row in conn.execute("DESCRIBE _snowplow").fetchall()}
     if not {"event_id", "collector_tstamp"} <= columns:
         raise UnreadableFile("not a Snowplow enriched-events table (no event_id, "
@@ -96,6 +114,25 @@ def load_snowplow(conn: duckdb.DuckDBPyConnection, landed: LandedFile, file_id: 
         result.reasons["missing_time"] += missing
         result.lines_rejected += missing
         result.dates[home] += missing
+    if bad_rows:
+        home = (min(result.dates, key=lambda d: (-result.dates[d], d)) if result.dates
+                else landed.landed_on)
+        conn.execute("""
+            INSERT INTO raw.rejected_lines BY NAME
+            SELECT ?::DATE AS partition_date, ? AS source_file, line::INTEGER AS line_no,
+                   CASE WHEN bool_or(error_type = 'INVALID ENCODING') THEN 'bad_utf8'
+                        ELSE 'bad_row' END AS reason,
+                   string_agg(DISTINCT error_type, ', ') AS detail,
+                   max(strlen(csv_line))::INTEGER AS byte_length,
+                   left(max(csv_line), 200) AS first_bytes, ? AS file_id
+            FROM _snowplow_rejects GROUP BY line
+        """, [home, landed.name, file_id])
+        for _, bad_bytes in bad_rows:
+            result.reasons["bad_utf8" if bad_bytes else "bad_row"] += 1
+        result.lines_rejected += len(bad_rows)
+        result.dates[home] += len(bad_rows)
+    for table in ("_snowplow_rejects", "_snowplow_scans"):
+        conn.execute(f"DROP TABLE IF EXISTS {table}")
     result.lines_read = result.lines_accepted + result.lines_rejected
     conn.execute("DROP TABLE _snowplow")
     conn.execute("DROP TABLE _snowplow_timed")
