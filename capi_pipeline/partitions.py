@@ -63,12 +63,16 @@ def worst_day(results: dict[date, AssetCheckResult]) -> AssetCheckResult:
     """
     if len(results) == 1:
         return next(iter(results.values()))
-    failing = [result for _, result in sorted(results.items()) if not result.passed]
+    failing_days = [day for day, result in sorted(results.items()) if not result.passed]
+    failing = [results[day] for day in failing_days]
     errors = [result for result in failing if result.severity == AssetCheckSeverity.ERROR]
     chosen = (errors or failing or [results[max(results)]])[0]
-    return AssetCheckResult(
-        passed=not failing,
-        severity=chosen.severity,
-        metadata={**chosen.metadata, "days_checked": len(results), "days_failing": len(failing)},
-        description=chosen.description,
-    )
+    metadata = {**chosen.metadata, "days_checked": len(results), "days_failing": len(failing)}
+    description = chosen.description
+    if failing_days:
+        # Every failing day is named, not only the one whose result is shown.
+        metadata["failing_days"] = ", ".join(day.isoformat() for day in failing_days)
+        description = (f"{len(failing_days)} of {len(results)} days fail "
+                       f"({metadata['failing_days']}); the first of them: {description}")
+    return AssetCheckResult(passed=not failing, severity=chosen.severity, metadata=metadata,
+                            description=description)

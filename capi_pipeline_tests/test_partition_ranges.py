@@ -78,3 +78,27 @@ def test_a_range_run_writes_what_day_runs_write(tmp_path, emulator):
         figures["dagster/row_count"] for figures in by_day_rows.values())
     enriched = second.asset_materializations_for_node("capi__pinterest_events")
     assert sorted(event.partition for event in enriched) == days
+
+
+def test_a_range_check_names_every_failing_day():
+    """A check over a range of days shows one day's result; it must still name every day that
+    failed (a range run's score check once named only the first of three days below floor)."""
+    from datetime import date
+
+    from dagster import AssetCheckResult, AssetCheckSeverity
+
+    from capi_pipeline.partitions import worst_day
+
+    warn = AssetCheckSeverity.WARN
+    results = {
+        date(2026, 12, 1): AssetCheckResult(passed=False, severity=warn, description="low 31"),
+        date(2026, 12, 2): AssetCheckResult(passed=True, description="fine"),
+        date(2026, 12, 3): AssetCheckResult(passed=False, severity=warn, description="low 33"),
+    }
+    combined = worst_day(results)
+    assert not combined.passed
+    assert combined.metadata["failing_days"].value == "2026-12-01, 2026-12-03"
+    assert combined.metadata["days_failing"].value == 2
+    assert combined.description == (
+        "2 of 3 days fail (2026-12-01, 2026-12-03); the first of them: low 31")
+    assert worst_day({date(2026, 12, 2): results[date(2026, 12, 2)]}).description == "fine"
