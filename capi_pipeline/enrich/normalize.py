@@ -68,7 +68,7 @@ HASHED_FIELDS: tuple[str, ...] = (
 )
 
 # str.strip() leaves these alone, yet copy-pasted form input often carries them.
-_INVISIBLE_EDGES = "\ufeff\u200b\u200c\u200d\u2060"
+INVISIBLE_EDGES = "\ufeff\u200b\u200c\u200d\u2060"
 
 _SHA256_RE = re.compile(r"[0-9a-fA-F]{64}")
 
@@ -92,7 +92,7 @@ def clean(value: object) -> str | None:
         text = bytes(value).decode("utf-8", errors="replace")
     else:
         text = str(value)
-    text = text.strip().strip(_INVISIBLE_EDGES).strip()
+    text = text.strip().strip(INVISIBLE_EDGES).strip()
     if text.lower() in PLACEHOLDERS:
         return None
     return text

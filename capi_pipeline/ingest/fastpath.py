@@ -11,7 +11,7 @@ not an object, lines over 1 MB, Segment batches with a message it cannot take, u
 ambiguous shapes, naive or odd times, missing times and clocks ahead of the limit.
 """
 
-from capi_pipeline.enrich.normalize import _INVISIBLE_EDGES
+from capi_pipeline.enrich.normalize import INVISIBLE_EDGES
 from capi_pipeline.ingest.parse import ORDER_TOPICS, SEGMENT_TYPES
 
 _SHAPE_FIELDS = (
@@ -55,7 +55,7 @@ _PLACEHOLDERS_SQL = ", ".join(
 # U+2028 among them) and the invisible ones clean strips besides.
 _SPACES_SQL = "'" + "".join(
     character for character in map(chr, range(0x3001)) if character.isspace()
-) + _INVISIBLE_EDGES + "'"
+) + INVISIBLE_EDGES + "'"
 _ISO_TIME = (r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
              r"(\.[0-9]{1,6})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])")
 _SEGMENT_TYPES_SQL = ", ".join(f"'{kind}'" for kind in sorted(SEGMENT_TYPES))
@@ -74,14 +74,11 @@ CREATE OR REPLACE TEMP MACRO capi_clean(x) AS (
          WHEN ord(x[1]) BETWEEN 33 AND 126 AND ord(x[-1]) BETWEEN 33 AND 126
               AND (strlen(x) > 15 OR NOT contains('uUnN-?(<#[', x[1]))
          THEN x ELSE capi_clean_slow(x) END);
--- Only the plain form the parser reads the same way: two-digit hours up to 23 (DuckDB also
--- takes 24:00, a one-digit hour and a named zone), at most microseconds (DuckDB rounds
--- beyond them, the parser cuts). Any other time goes to the parser.
+-- Only the plain form the parser reads the same way (_ISO_TIME): two-digit hours up to 23
+-- (DuckDB also takes 24:00, a one-digit hour and a named zone), at most microseconds (DuckDB
+-- rounds beyond them, the parser cuts), Z or an offset. Any other time goes to the parser.
 CREATE OR REPLACE TEMP MACRO capi_iso_time(x) AS (
-    CASE WHEN length(x) BETWEEN 20 AND 32 AND x[5] = '-' AND x[11] IN ('T', ' ')
-              AND (x[-1] = 'Z' OR (x[-6] IN ('+', '-') AND x[-3] = ':'))
-              AND regexp_full_match(x, '{_ISO_TIME}')
-         THEN try_cast(x AS TIMESTAMPTZ) END);
+    CASE WHEN regexp_full_match(x, '{_ISO_TIME}') THEN try_cast(x AS TIMESTAMPTZ) END);
 CREATE OR REPLACE TEMP MACRO capi_epoch_us(n) AS (
     CASE WHEN n < 100000000000 THEN n * 1000000
          WHEN n < 100000000000000 THEN n * 1000
@@ -100,13 +97,13 @@ CREATE OR REPLACE TEMP MACRO capi_epoch_number(x) AS (
          THEN NULL
          -- DECIMAL(38, 6): the microseconds of a DECIMAL(18, 6) overflowed it, an error
          -- that try_cast does not catch (a whole file failed on one such time).
-         -- Digits only: DuckDB's casts also read '1_764_583_200', '0x691d0000' and '17e8'.
-         WHEN NOT regexp_full_match(x, '[0-9]+(\\.[0-9]{{1,6}})?') THEN NULL
+         -- Digits only (DuckDB's casts also read '1_764_583_200', '0x691d0000' and '17e8'),
+         -- at most six of them after a point, and an integer of at most 19: beyond, the
+         -- microseconds out of nanoseconds overflow BIGINT, an error that try_cast does not
+         -- catch. Such a line goes to the parser, which rejects it.
+         WHEN NOT regexp_full_match(x, '[0-9]{{1,19}}|[0-9]+\\.[0-9]{{1,6}}') THEN NULL
          WHEN contains(x, '.') THEN CASE WHEN try_cast(x AS DECIMAL(38, 6)) < 100000000000
               THEN try_cast(floor(try_cast(x AS DECIMAL(38, 6)) * 1000000) AS HUGEINT) END
-         -- Over 19 digits, microseconds out of nanoseconds overflow BIGINT, an error that
-         -- try_cast does not catch: such a line goes to the parser, which rejects it.
-         WHEN strlen(x) > 19 THEN NULL
          ELSE try_cast(x AS HUGEINT) END);
 CREATE OR REPLACE TEMP MACRO capi_time_of(x, n) AS (
     CASE WHEN n IS NULL THEN capi_iso_time(x)
