@@ -30,8 +30,7 @@ def load_snowplow(conn: duckdb.DuckDBPyConnection, landed: LandedFile, file_id: 
 
     _hash_file(landed.path, hasher)
     delimiter = "\t" if ".tsv" in landed.name.lower() else ","
-    for table in ("_snowplow_rejects", "_snowplow_scans"):
-        conn.execute(f"DROP TABLE IF EXISTS {table}")
+    _drop_rejects(conn)
     try:
         # A row DuckDB cannot read (bad bytes, too many or too few columns) is set aside
         # with its line number, and the rest of the table is read.
@@ -45,17 +44,27 @@ def load_snowplow(conn: duckdb.DuckDBPyConnection, landed: LandedFile, file_id: 
         )
     except duckdb.Error as error:
         raise UnreadableFile(f"{type(error).__name__}: not a readable Snowplow table") from error
-    bad_rows = conn.execute(
-        "SELECT line, bool_or(error_type = 'INVALID ENCODING') FROM _snowplow_rejects "
-        "GROUP BY line ORDER BY line").fetchall()
+    # One rejection per line, however many errors DuckDB found in it.
+    conn.execute("""
+        CREATE OR REPLACE TEMP TABLE _snowplow_bad AS
+        SELECT line::INTEGER AS line_no,
+               CASE WHEN bool_or(error_type = 'INVALID ENCODING') THEN 'bad_utf8'
+                    ELSE 'bad_row' END AS reason,
+               string_agg(DISTINCT error_type, ', ') AS detail,
+               max(strlen(csv_line))::INTEGER AS byte_length,
+               left(max(csv_line), 200) AS first_bytes
+        FROM _snowplow_rejects GROUP BY line
+    """)
+    _drop_rejects(conn)
+    bad_rows = conn.execute("SELECT line_no, reason FROM _snowplow_bad").fetchall()
     # A row is a line (the rows' JSON contexts hold no line feeds): the accepted rows take, in
     # order, the line numbers the rejected ones leave.
     conn.execute(
         "CREATE OR REPLACE TEMP TABLE _snowplow AS SELECT n.line_no, s.* EXCLUDE (k) "
         "FROM _snowplow_read s JOIN (SELECT n AS line_no, row_number() OVER (ORDER BY n) AS k "
         "FROM range(2, (SELECT count(*) FROM _snowplow_read) + ? + 2) r(n) "
-        "WHERE n NOT IN (SELECT unnest(?))) n USING (k)",
-        [len(bad_rows), [line for line, _ in bad_rows] or [0]])
+        "WHERE n NOT IN (SELECT line_no FROM _snowplow_bad)) n USING (k)",
+        [len(bad_rows)])
     conn.execute("DROP TABLE _snowplow_read")
     columns = {row[0] for row in conn.execute("DESCRIBE _snowplow").fetchall()}
     if not {"event_id", "collector_tstamp"} <= columns:
@@ -100,9 +109,10 @@ def load_snowplow(conn: duckdb.DuckDBPyConnection, landed: LandedFile, file_id: 
         result.lines_accepted += events
     missing = conn.execute(
         "SELECT count(*) FROM _snowplow_timed WHERE event_time IS NULL").fetchone()[0]
+    # Rows without a time, and rows DuckDB could not read, go to the file's main day.
+    home = (min(result.dates, key=lambda d: (-result.dates[d], d)) if result.dates
+            else landed.landed_on)
     if missing:
-        home = (min(result.dates, key=lambda d: (-result.dates[d], d)) if result.dates
-                else landed.landed_on)
         conn.execute("""
             INSERT INTO raw.rejected_lines BY NAME
             SELECT ?::DATE AS partition_date, ? AS source_file, line_no::INTEGER AS line_no,
@@ -112,28 +122,23 @@ def load_snowplow(conn: duckdb.DuckDBPyConnection, landed: LandedFile, file_id: 
             FROM _snowplow_timed WHERE event_time IS NULL
         """, [home, landed.name, file_id])
         result.reasons["missing_time"] += missing
-        result.lines_rejected += missing
-        result.dates[home] += missing
     if bad_rows:
-        home = (min(result.dates, key=lambda d: (-result.dates[d], d)) if result.dates
-                else landed.landed_on)
         conn.execute("""
             INSERT INTO raw.rejected_lines BY NAME
-            SELECT ?::DATE AS partition_date, ? AS source_file, line::INTEGER AS line_no,
-                   CASE WHEN bool_or(error_type = 'INVALID ENCODING') THEN 'bad_utf8'
-                        ELSE 'bad_row' END AS reason,
-                   string_agg(DISTINCT error_type, ', ') AS detail,
-                   max(strlen(csv_line))::INTEGER AS byte_length,
-                   left(max(csv_line), 200) AS first_bytes, ? AS file_id
-            FROM _snowplow_rejects GROUP BY line
+            SELECT ?::DATE AS partition_date, ? AS source_file, *, ? AS file_id
+            FROM _snowplow_bad
         """, [home, landed.name, file_id])
-        for _, bad_bytes in bad_rows:
-            result.reasons["bad_utf8" if bad_bytes else "bad_row"] += 1
-        result.lines_rejected += len(bad_rows)
-        result.dates[home] += len(bad_rows)
+        result.reasons.update(reason for _, reason in bad_rows)
+    result.lines_rejected += missing + len(bad_rows)
+    if result.lines_rejected:
+        result.dates[home] += result.lines_rejected
+    result.lines_read = result.lines_accepted + result.lines_rejected
+    for table in ("_snowplow", "_snowplow_timed", "_snowplow_bad"):
+        conn.execute(f"DROP TABLE {table}")
+    return result
+
+
+def _drop_rejects(conn: duckdb.DuckDBPyConnection) -> None:
+    """DuckDB's tables of the rows a read set aside (made anew by each read)."""
     for table in ("_snowplow_rejects", "_snowplow_scans"):
         conn.execute(f"DROP TABLE IF EXISTS {table}")
-    result.lines_read = result.lines_accepted + result.lines_rejected
-    conn.execute("DROP TABLE _snowplow")
-    conn.execute("DROP TABLE _snowplow_timed")
-    return result
